@@ -1,0 +1,70 @@
+"""`subjectforge run|manifest|validate`."""
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+from pathlib import Path
+
+PIPELINES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+def cmd_run(args, rest) -> int:
+    """Same as `python pipelines/<name>.py ...` (the pipelines are run as scripts, so this module
+    does not import them)."""
+    script = PIPELINES_DIR / f"{args.pipeline}.py"
+    if not script.exists():
+        known = sorted(p.stem for p in PIPELINES_DIR.glob("*.py") if not p.stem.startswith("_"))
+        print(f"unknown pipeline {args.pipeline!r}; known: {known}", file=sys.stderr)
+        return 2
+    sys.argv = [str(script)] + rest
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def cmd_manifest(args, rest) -> int:
+    from schemas.reader import load_manifest, load_rejects
+    from schemas.store import DatasetDir
+
+    out = DatasetDir.open(args.dir)
+    df = load_manifest(args.dir)
+    rejects = load_rejects(args.dir)
+    print(f"{out.dataset}: {len(df)} samples in {df['shard'].nunique() if len(df) else 0} shards, {len(rejects)} rejects")
+    numeric = df.select_dtypes("number")
+    if len(df) and not numeric.empty:
+        print("\nscores and counts:")
+        print(numeric.describe().T[["count", "mean", "std", "min", "50%", "max"]].to_string())
+    for col in ("category", "split", "generation_mode"):
+        if col in df and len(df):
+            print(f"\nby {col}:\n{df[col].value_counts().to_string()}")
+    if len(rejects):
+        print("\nrejects by stage and reason:")
+        print(rejects.groupby(["stage", "reason"]).size().rename("count").to_string())
+    return 0
+
+
+def cmd_validate(args, rest) -> int:
+    from schemas.validate import validate
+
+    report = validate(args.dir)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="subjectforge", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a pipeline: subjectforge run dip --config ... --out ...")
+    r.add_argument("pipeline")
+    m = sub.add_parser("manifest", help="counts, score summaries and rejects of OUT/<dataset>")
+    m.add_argument("dir")
+    v = sub.add_parser("validate", help="check OUT/<dataset> against its schema; non-zero exit on problems")
+    v.add_argument("dir")
+    args, rest = p.parse_known_args(argv)
+    if args.cmd != "run" and rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    return {"run": cmd_run, "manifest": cmd_manifest, "validate": cmd_validate}[args.cmd](args, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

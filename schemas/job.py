@@ -1,0 +1,83 @@
+"""The driver side every pipeline script shares: arguments, config, Ray start, resume, write and the
+run summary. A pipeline script only builds its DAG between `resume` and `write`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from schemas.config import PipelineConfig, load_config
+from schemas.contract import DatasetSchema
+from schemas.store import DatasetDir
+from schemas.writer import ShardDatasink
+
+
+def parse_args(description: str, config_cls: type[PipelineConfig], argv=None):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", required=True, help="YAML config (configs/<pipeline>.<profile>.yaml)")
+    p.add_argument("--out", required=True, help="output root: local path or URI (s3://bucket/prefix)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
+                   help="override a config field, repeatable")
+    args = p.parse_args(argv)
+    cfg = load_config(config_cls, args.config, args.overrides)
+    return cfg, args.out
+
+
+def dataset_uri(out: str, dataset: str) -> str:
+    return out.rstrip("/") + "/" + dataset
+
+
+def start_ray(cfg: PipelineConfig) -> None:
+    """Join the cluster of `ray job submit` (RAY_ADDRESS) or cfg.ray.address; else start Ray
+    in-process on this machine."""
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()
+
+
+def drop_committed(ds: ray.data.Dataset, out: str, dataset: str) -> tuple[ray.data.Dataset, int]:
+    """Resume: drop source rows whose key is already a sample or a reject, before any model work."""
+    done = DatasetDir.open(dataset_uri(out, dataset), dataset=dataset).committed_keys()
+    if not done:
+        return ds, 0
+    done_ref = ray.put(pa.array(sorted(done), pa.string()))
+
+    def keep_new(batch: pa.Table) -> pa.Table:
+        return batch.filter(pc.invert(pc.is_in(batch["key"], value_set=ray.get(done_ref))))
+
+    return ds.map_batches(keep_new, batch_format="pyarrow"), len(done)
+
+
+def write(ds: ray.data.Dataset, out: str, schema: DatasetSchema, cfg: PipelineConfig,
+          stages: list[str]) -> dict:
+    sink = ShardDatasink(dataset_uri(out, schema.name), schema, target_bytes=cfg.write.target_shard_bytes,
+                         target_samples=cfg.write.target_shard_samples, config=cfg.model_dump(), stages=stages)
+    ds.write_datasink(sink)
+    info = sink.summary or sink.write_info([])
+    print_summary(info, dataset_uri(out, schema.name))
+    return info
+
+
+def print_summary(info: dict, where: str) -> None:
+    run = info["runs"][-1]
+    print(f"\n{info['dataset']}: {run['samples_written']} samples in {len(run['shards_written'])} new shards "
+          f"({run['wall_seconds']:.1f} s); dataset now {info['counts']['samples']} samples, "
+          f"{info['counts']['shards']} shards, {info['counts']['rejects']} rejects")
+    print(f"{'stage':<20}{'in':>8}{'out':>8}{'rejected':>10}{'rows/s':>10}  reasons")
+    for s in run["stages"]:
+        rps = "-" if s["rows_per_second"] is None else f"{s['rows_per_second']:.1f}"
+        print(f"{s['stage']:<20}{s['rows_in']:>8}{s['rows_out']:>8}{sum(s['rejected'].values()):>10}{rps:>10}  "
+              f"{json.dumps(s['rejected']) if s['rejected'] else ''}")
+    print(f"shards:    {where}/shards\nmanifests: {where}/manifest\nrejects:   {where}/rejects\n"
+          f"info:      {where}/dataset.json")

@@ -1,0 +1,301 @@
+"""The shard writer: a Ray Data Datasink that packs rows into WebDataset tars with one Parquet
+manifest per shard, writes reject rows to Parquet, and dataset.json at the end.
+
+A row is a dict: `key`, the schema's members (bytes already encoded, or arrays / dicts that are
+encoded here), manifest columns, optional `time_<stage>` seconds, and for a reject the columns
+`reject_stage` / `reject_reason` / `reject_detail`. The writer knows nothing about where rows came
+from.
+
+    ds.write_datasink(ShardDatasink("out/dip", SCHEMA, config=cfg.model_dump()))
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+from collections import Counter, defaultdict
+from importlib import metadata
+
+import pyarrow as pa
+import ray
+import webdataset as wds
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
+
+from schemas.contract import (
+    REJECT_COLUMNS,
+    REJECT_SCHEMA,
+    TIMING_PREFIX,
+    DatasetSchema,
+    encode_member,
+    to_jsonable,
+)
+from schemas.store import DatasetDir, shard_name
+
+DEFAULT_TARGET_BYTES = 1 << 30  # ~1 GB shards on the GPU profile
+TAR_BLOCK = 512
+PACKAGES = ("subjectforge", "ray", "pyarrow", "webdataset", "torch", "diffusers", "transformers",
+            "sam2", "insightface", "onnxruntime", "rembg", "scikit-learn", "numpy", "pillow")
+
+
+@ray.remote(num_cpus=0)
+class ShardRegistry:
+    """One per write: hands out shard indices and lets each key be written once, even when Ray
+    retries a write task whose first attempt died after writing part of its rows."""
+
+    def __init__(self, first_index: int):
+        self.next = first_index
+        self.claimed: set[str] = set()
+
+    def next_index(self) -> int:
+        self.next += 1
+        return self.next - 1
+
+    def claim(self, keys: list[str]) -> list[bool]:
+        fresh = [k not in self.claimed for k in keys]
+        self.claimed.update(keys)
+        return fresh
+
+
+class _ShardWriter:
+    """One open tar being filled in a write task; committed by `commit`."""
+
+    def __init__(self, out: DatasetDir, name: str):
+        self.out, self.name = out, name
+        self.final = out.shard_path(name)
+        self.tmp = out.tmp_path(self.final)
+        self.stream = out.fs.open_output_stream(self.tmp)
+        self.tar = wds.TarWriter(self.stream, encoder=False, mtime=0)
+        self.rows: list[dict] = []
+        self.nbytes = 0
+
+    def add(self, sample: dict, manifest_row: dict) -> None:
+        self.tar.write(sample)
+        # tar cost of a member: header block + data padded to whole blocks
+        self.nbytes += sum(
+            TAR_BLOCK + -(-len(v) // TAR_BLOCK) * TAR_BLOCK for k, v in sample.items() if k != "__key__"
+        )
+        self.rows.append(dict(manifest_row, shard=self.name))
+
+    def commit(self, schema: pa.Schema) -> None:
+        self.tar.close()
+        self.stream.close()
+        self.out.commit(self.tmp, self.final)  # tar first: the manifest, renamed last, is the commit
+        self.out.write_parquet_atomic(self.out.manifest_path(self.name), manifest_table(self.rows, schema))
+
+
+def manifest_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows -> manifest table: declared columns typed by the schema, plus any `time_*` columns."""
+    timing = sorted({k for r in rows for k in r if k.startswith(TIMING_PREFIX)})
+    schema = pa.schema(list(schema) + [pa.field(t, pa.float64()) for t in timing])
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+
+
+def package_versions() -> dict:
+    versions = {}
+    for p in PACKAGES:
+        try:
+            versions[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+class ShardDatasink(Datasink):
+    """Writes `<out>/shards/<dataset>-NNNNNN.tar` + `<out>/manifest/<same>.parquet` per shard,
+    `<out>/rejects/*.parquet` and `<out>/dataset.json`.
+
+    out: the dataset directory (local path or URI); target_bytes / target_samples: when a shard is
+    full; config: the resolved config stored in dataset.json; stages: stage names in DAG order, for
+    the per-stage table.
+    """
+
+    def __init__(self, out: str, schema: DatasetSchema, *, target_bytes: int = DEFAULT_TARGET_BYTES,
+                 target_samples: int | None = None, config: dict | None = None,
+                 stages: list[str] | None = None, filesystem=None):
+        self.schema = schema
+        self.out = DatasetDir.open(out, dataset=schema.name, filesystem=filesystem)
+        self.target_bytes = target_bytes
+        self.target_samples = target_samples
+        self.config = config or {}
+        self.stages = list(stages or [])
+        self.started = time.time()
+        # Set up on the driver before any task is serialised: clear what a killed run left, then
+        # number new shards after every existing one.
+        self.out.makedirs()
+        self.removed = self.out.remove_uncommitted()
+        self.registry = ShardRegistry.remote(self.out.max_shard_index() + 1)
+        self.summary: dict | None = None
+
+    # Ray hands each write task about target_bytes of rows, so a task fills one shard instead of
+    # writing one small tar per block. Rows should arrive encoded (stages/encode) for this to match.
+    @property
+    def min_bytes_per_write(self) -> int | None:
+        return self.target_bytes
+
+    @property
+    def min_rows_per_write(self) -> int | None:
+        return self.target_samples
+
+    def get_name(self) -> str:
+        return f"Shards({self.schema.name})"
+
+    # ------------------------------------------------------------------------------------------
+    def write(self, blocks, ctx) -> dict:
+        manifest_schema = self.schema.manifest_schema
+        stats = {"samples": 0, "shards": [], "bytes": 0, "rejects": Counter(), "stage_rows": Counter(),
+                 "stage_seconds": defaultdict(float)}
+        rejects: list[dict] = []
+        shard: _ShardWriter | None = None
+
+        def reject(row, stage, reason, detail=""):
+            rejects.append({"key": str(row.get("key")), "stage": stage, "reason": reason,
+                            "detail": str(detail)[:2000], "input": _as_str(row.get("input"))})
+            stats["rejects"][(stage, reason)] += 1
+
+        def commit():
+            nonlocal shard
+            shard.commit(manifest_schema)
+            stats["shards"].append(shard.name)
+            stats["bytes"] += shard.nbytes
+            self._flush_rejects(rejects, shard.name)
+            shard = None
+
+        for block in blocks:
+            rows = list(BlockAccessor.for_block(block).iter_rows(public_row_format=False))
+            fresh = ray.get(self.registry.claim.remote([str(r.get("key")) for r in rows]))
+            for row, is_fresh in zip(rows, fresh):
+                if not is_fresh:
+                    continue  # written by an earlier attempt of this task in this run
+                for k, v in row.items():
+                    if k.startswith(TIMING_PREFIX) and v is not None:
+                        stats["stage_rows"][k[len(TIMING_PREFIX):]] += 1
+                        stats["stage_seconds"][k[len(TIMING_PREFIX):]] += float(v)
+                if row.get("reject_reason"):
+                    reject(row, row.get("reject_stage") or "unknown", row["reject_reason"], row.get("reject_detail") or "")
+                    continue
+                try:
+                    sample, manifest_row = self._encode(row)
+                except Exception as e:  # bad data never stops the run: it becomes a reject row
+                    reject(row, "write", "encode_failed", f"{type(e).__name__}: {e}")
+                    continue
+                if shard is None:
+                    index = ray.get(self.registry.next_index.remote())
+                    shard = _ShardWriter(self.out, shard_name(self.schema.name, index))
+                shard.add(sample, manifest_row)
+                stats["samples"] += 1
+                if shard.nbytes >= self.target_bytes or (
+                    self.target_samples and len(shard.rows) >= self.target_samples
+                ):
+                    commit()
+        if shard is not None:
+            commit()
+        self._flush_rejects(rejects, f"task{ctx.task_idx:05d}")
+        stats["rejects"] = [[s, r, n] for (s, r), n in stats["rejects"].items()]
+        stats["stage_seconds"] = dict(stats["stage_seconds"])
+        stats["stage_rows"] = dict(stats["stage_rows"])
+        return stats
+
+    def _encode(self, row: dict) -> tuple[dict, dict]:
+        key = str(row["key"])
+        if not key or "." in key or "/" in key:
+            raise ValueError(f"bad key {key!r}: webdataset keys have no '.' or '/'")
+        names = self.schema.member_names(row)
+        missing = [n for n in self.schema.missing_required(names) if n != "json"]
+        if missing:
+            raise ValueError(f"missing members {missing}")
+        manifest_row = {k: to_jsonable(v) for k, v in row.items() if k in self._scalar_names(row)}
+        sample = {"__key__": key}
+        for name in names:
+            if name == "json":
+                continue
+            member = self.schema.member_for(name)
+            sample[f"{name}.{member.ext}"] = encode_member(member, row[name])
+        # The json member: the sample's manifest fields plus anything the pipeline put in `json`.
+        meta = {k: v for k, v in manifest_row.items() if k != "shard"}
+        extra = row.get("json")
+        if extra is not None:
+            meta.update(extra if isinstance(extra, dict) else json.loads(extra))
+        sample["json.json"] = encode_member(self.schema.member_for("json"), meta)
+        return sample, manifest_row
+
+    def _scalar_names(self, row: dict) -> set[str]:
+        declared = {f.name for f in self.schema.manifest_schema}
+        return {k for k in row if k in declared or k.startswith(TIMING_PREFIX)}
+
+    def _flush_rejects(self, rejects: list[dict], tag: str) -> None:
+        if rejects:
+            name = f"{self.schema.name}-{tag}-{time.time_ns():x}.parquet"
+            table = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+            self.out.write_parquet_atomic(posixpath.join(self.out.rejects_dir, name), table)
+            rejects.clear()
+
+    # ------------------------------------------------------------------------------------------
+    def on_write_complete(self, write_result) -> None:
+        self.summary = self.write_info([r for r in write_result.write_returns if r])
+
+    def write_info(self, returns: list[dict]) -> dict:
+        """Aggregate the tasks' counts and write dataset.json (also when nothing was new)."""
+        wall = time.time() - self.started
+        rejects = Counter()
+        stage_rows, stage_seconds = Counter(), defaultdict(float)
+        for r in returns:
+            for s, reason, n in r["rejects"]:
+                rejects[(s, reason)] += n
+            stage_rows.update(r["stage_rows"])
+            for s, t in r["stage_seconds"].items():
+                stage_seconds[s] += t
+        samples = sum(r["samples"] for r in returns)
+        run = {
+            "started": self.started,
+            "wall_seconds": round(wall, 3),
+            "samples_written": samples,
+            "shards_written": sorted(s for r in returns for s in r["shards"]),
+            "bytes_written": sum(r["bytes"] for r in returns),
+            "samples_per_second": round(samples / wall, 3) if wall > 0 else None,
+            "stages": stage_table(self.stages, stage_rows, stage_seconds, rejects),
+            "removed_uncommitted": self.removed,
+        }
+        previous = self.out.read_info() or {}
+        info = {
+            "dataset": self.schema.name,
+            "schema_version": self.schema.version,
+            "config": to_jsonable(self.config),
+            "packages": package_versions(),
+            "counts": dataset_counts(self.out),
+            "runs": (previous.get("runs") or []) + [run],
+        }
+        self.out.write_bytes_atomic(self.out.sub("dataset.json"),
+                                    json.dumps(info, indent=2).encode())
+        return info
+
+
+def stage_table(order: list[str], rows: Counter, seconds: dict, rejects: Counter) -> list[dict]:
+    """Per stage: rows in (timed there), out, rejected by reason, seconds, rows per second."""
+    names = list(order) + sorted(({s for s in rows} | {s for s, _ in rejects}) - set(order))
+    table = []
+    for s in names:
+        rejected = {reason: n for (st, reason), n in rejects.items() if st == s}
+        n_in = rows.get(s, 0)
+        t = seconds.get(s, 0.0)
+        table.append({"stage": s, "rows_in": n_in, "rows_out": n_in - sum(rejected.values()),
+                      "rejected": rejected, "seconds": round(t, 4),
+                      "rows_per_second": round(n_in / t, 3) if t > 0 else None})
+    return table
+
+
+def dataset_counts(out: DatasetDir) -> dict:
+    """Counts of the whole dataset on disk (all runs), for dataset.json."""
+    manifests = out.read_manifests(columns=["key"])
+    rejects = out.read_rejects()
+    by_reason = Counter(zip(rejects.column("stage").to_pylist(), rejects.column("reason").to_pylist()))
+    return {
+        "samples": 0 if manifests is None else manifests.num_rows,
+        "shards": len(out.manifest_files()),
+        "rejects": rejects.num_rows,
+        "rejects_by_stage_reason": [{"stage": s, "reason": r, "count": n} for (s, r), n in sorted(by_reason.items())],
+    }
+
+
+def _as_str(v):
+    return None if v is None else str(v)
