@@ -127,11 +127,12 @@ class ShardDatasink(Datasink):
         self.registry = ShardRegistry.remote(self.out.max_shard_index() + 1)
         self.summary: dict | None = None
 
-    # Ray hands each write task about target_bytes of rows, so a task fills one shard instead of
-    # writing one small tar per block. Rows should arrive encoded (stages/encode) for this to match.
+    # Ray hands each write task about one shard's worth of rows, so a task fills a shard instead of
+    # writing one small tar per block (rows should arrive encoded, stages/encode, for bytes to
+    # match). Ray takes one bundling target: the sample count when set, else the bytes.
     @property
     def min_bytes_per_write(self) -> int | None:
-        return self.target_bytes
+        return None if self.target_samples else self.target_bytes
 
     @property
     def min_rows_per_write(self) -> int | None:

@@ -1,0 +1,33 @@
+"""Shared test helpers: write synthetic rows through the real datasink."""
+from __future__ import annotations
+
+import numpy as np
+
+from schemas.contract import encode_member
+from schemas.registry import get_schema
+from stages.keys import sample_key
+from stages.synthetic import random_sample
+
+
+def synthetic_rows(dataset: str, n: int, seed: int = 0, size: int = 64, encode_images: bool = True) -> list[dict]:
+    schema = get_schema(dataset)
+    rows = []
+    for i in range(n):
+        row = random_sample(schema, sample_key({"i": i, "seed": seed}, {"dataset": dataset}),
+                            np.random.default_rng([seed, i]), size)
+        if encode_images:  # images as JPEG bytes, so they can be compared byte for byte
+            for m in schema.members:
+                if m.ext == "jpg" and m.name in row:
+                    row[m.name] = encode_member(m, row[m.name])
+        rows.append(row)
+    return rows
+
+
+def write_rows(rows, out: str, dataset: str, **kw) -> dict:
+    import ray
+
+    from schemas.writer import ShardDatasink
+
+    sink = ShardDatasink(out, get_schema(dataset), **kw)
+    ray.data.from_items(rows).write_datasink(sink)
+    return sink.summary
