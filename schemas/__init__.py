@@ -1,8 +1,19 @@
-"""What a record is on disk: per-dataset schemas, the shard writer, the reader and validation."""
-from schemas.contract import DatasetSchema, Member
-from schemas.reader import load_manifest, load_rejects, read_samples
-from schemas.registry import SCHEMAS, get_schema
-from schemas.validate import validate
+"""What a record is on disk: per-dataset schemas, the shard writer, the reader and validation.
 
-__all__ = ["DatasetSchema", "Member", "SCHEMAS", "get_schema", "load_manifest", "load_rejects",
-           "read_samples", "validate"]
+Names are imported lazily: a Ray worker that only unpickles the writer does not pay for the
+reader's imports (webdataset pulls in torch)."""
+import importlib
+
+_EXPORTS = {
+    "DatasetSchema": "schemas.contract", "Member": "schemas.contract",
+    "SCHEMAS": "schemas.registry", "get_schema": "schemas.registry",
+    "load_manifest": "schemas.reader", "load_rejects": "schemas.reader", "read_samples": "schemas.reader",
+    "validate": "schemas.validation",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'schemas' has no attribute {name!r}")

@@ -9,31 +9,49 @@ import time
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 
 from schemas.contract import REJECT_COLUMNS, TIMING_PREFIX
 
 
-def rows_of(batch: dict) -> list[dict]:
-    """numpy batch (column -> array) -> list of row dicts."""
+def rows_of(batch) -> list[dict]:
+    """A batch as Ray Data hands it (column -> numpy array, or a pyarrow Table) -> row dicts."""
+    if isinstance(batch, pa.Table):
+        return batch.to_pylist()
     if not batch:
         return []
     n = len(next(iter(batch.values())))
     return [{k: v[i] for k, v in batch.items()} for i in range(n)]
 
 
-def batch_of(rows: list[dict]) -> dict:
-    """list of row dicts -> numpy batch; ragged or mixed columns become object arrays, so images
-    of different sizes and None (a rejected row's members) travel together."""
+def batch_of(rows: list[dict]) -> pa.Table:
+    """Row dicts -> a pyarrow Table whose column types depend only on the kind of value, never on
+    the values in this batch. Ray Data concatenates the batches of a task into one block and fails
+    when one batch carried `ref` as a tensor and another (a reject's None, a bad image) as objects;
+    so images, arrays, lists and dicts always travel as Ray's pickled-object column."""
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    batch = {}
-    for c in cols:
-        values = [r.get(c) for r in rows]
-        arr = np.empty(len(values), dtype=object)
-        arr[:] = values
-        batch[c] = arr
-    return batch
+    return pa.table({c: _column([r.get(c) for r in rows]) for c in cols})
+
+
+def _column(values: list) -> pa.Array:
+    present = [v for v in values if v is not None]
+    if not present:
+        return pa.nulls(len(values))
+    if all(isinstance(v, str) for v in present):
+        return pa.array(values, pa.string())
+    if all(isinstance(v, (bytes, bytearray)) for v in present):
+        return pa.array(values, pa.large_binary())
+    if all(isinstance(v, (bool, np.bool_)) for v in present):
+        return pa.array(values, pa.bool_())
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in present):
+        return pa.array([None if v is None else int(v) for v in values], pa.int64())
+    if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) for v in present):
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    from ray.data.extensions import ArrowPythonObjectArray
+
+    return ArrowPythonObjectArray.from_objects(values)
 
 
 def is_rejected(row: dict) -> bool:
@@ -56,7 +74,7 @@ class Reject(Exception):
         self.reason, self.detail = reason, detail
 
 
-def run_rows(stage: str, fn: Callable[[dict], dict], batch: dict) -> dict:
+def run_rows(stage: str, fn: Callable[[dict], dict], batch) -> pa.Table:
     """Apply `fn(row) -> row` to each live row of a batch, as stage `stage`."""
     out = []
     for row in rows_of(batch):

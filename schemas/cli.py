@@ -44,7 +44,7 @@ def cmd_manifest(args, rest) -> int:
 
 
 def cmd_validate(args, rest) -> int:
-    from schemas.validate import validate
+    from schemas.validation import validate
 
     report = validate(args.dir)
     print(report)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob as globlib
 import posixpath
 import re
+from functools import partial
 
 import pandas as pd
 import pyarrow.fs as pafs
@@ -112,5 +113,11 @@ def read_samples(source, *, dataset: str | None = None, manifest: pd.DataFrame |
         stages.append(wds.select(lambda s: s["__key__"] in keys))
     if shuffle:
         stages.append(wds.shuffle(shuffle, seed=seed))
-    stages.append(wds.map(lambda s: decode_sample(s, schema, decode)))
+    stages.append(partial(_decode_all, schema=schema, decode=decode))
     return wds.DataPipeline(*stages)
+
+
+def _decode_all(samples, schema, decode):
+    # a plain generator rather than wds.map, which copies __key__ / __url__ into the output
+    for raw in samples:
+        yield decode_sample(raw, schema, decode)

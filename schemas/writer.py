@@ -30,6 +30,7 @@ from schemas.contract import (
     encode_member,
     to_jsonable,
 )
+from schemas.batch import rows_of
 from schemas.store import DatasetDir, shard_name
 
 DEFAULT_TARGET_BYTES = 1 << 30  # ~1 GB shards on the GPU profile
@@ -119,6 +120,7 @@ class ShardDatasink(Datasink):
         self.target_samples = target_samples
         self.config = config or {}
         self.stages = list(stages or [])
+        self.declared = set(schema.manifest_schema.names)
         self.started = time.time()
         # Set up on the driver before any task is serialised: clear what a killed run left, then
         # number new shards after every existing one.
@@ -162,33 +164,28 @@ class ShardDatasink(Datasink):
             self._flush_rejects(rejects, shard.name)
             shard = None
 
-        for block in blocks:
-            rows = list(BlockAccessor.for_block(block).iter_rows(public_row_format=False))
-            fresh = ray.get(self.registry.claim.remote([str(r.get("key")) for r in rows]))
-            for row, is_fresh in zip(rows, fresh):
-                if not is_fresh:
-                    continue  # written by an earlier attempt of this task in this run
-                for k, v in row.items():
-                    if k.startswith(TIMING_PREFIX) and v is not None:
-                        stats["stage_rows"][k[len(TIMING_PREFIX):]] += 1
-                        stats["stage_seconds"][k[len(TIMING_PREFIX):]] += float(v)
-                if row.get("reject_reason"):
-                    reject(row, row.get("reject_stage") or "unknown", row["reject_reason"], row.get("reject_detail") or "")
-                    continue
-                try:
-                    sample, manifest_row = self._encode(row)
-                except Exception as e:  # bad data never stops the run: it becomes a reject row
-                    reject(row, "write", "encode_failed", f"{type(e).__name__}: {e}")
-                    continue
-                if shard is None:
-                    index = ray.get(self.registry.next_index.remote())
-                    shard = _ShardWriter(self.out, shard_name(self.schema.name, index))
-                shard.add(sample, manifest_row)
-                stats["samples"] += 1
-                if shard.nbytes >= self.target_bytes or (
-                    self.target_samples and len(shard.rows) >= self.target_samples
-                ):
-                    commit()
+        # A write task holds about one shard of rows: take them at once and claim all keys in one call.
+        rows = [r for block in blocks for r in rows_of(BlockAccessor.for_block(block).to_batch_format("numpy"))]
+        fresh = ray.get(self.registry.claim.remote([str(r.get("key")) for r in rows])) if rows else []
+        for row in (r for r, is_fresh in zip(rows, fresh) if is_fresh):  # not fresh: an earlier attempt wrote it
+            for k, v in row.items():
+                if k.startswith(TIMING_PREFIX) and v is not None:
+                    stats["stage_rows"][k[len(TIMING_PREFIX):]] += 1
+                    stats["stage_seconds"][k[len(TIMING_PREFIX):]] += float(v)
+            if row.get("reject_reason"):
+                reject(row, row.get("reject_stage") or "unknown", row["reject_reason"], row.get("reject_detail") or "")
+                continue
+            try:
+                sample, manifest_row = self._encode(row)
+            except Exception as e:  # noqa: BLE001 - bad data never stops the run: it becomes a reject
+                reject(row, "write", "encode_failed", f"{type(e).__name__}: {e}")
+                continue
+            if shard is None:
+                shard = _ShardWriter(self.out, shard_name(self.schema.name, ray.get(self.registry.next_index.remote())))
+            shard.add(sample, manifest_row)
+            stats["samples"] += 1
+            if shard.nbytes >= self.target_bytes or (self.target_samples and len(shard.rows) >= self.target_samples):
+                commit()
         if shard is not None:
             commit()
         self._flush_rejects(rejects, f"task{ctx.task_idx:05d}")
@@ -205,7 +202,8 @@ class ShardDatasink(Datasink):
         missing = [n for n in self.schema.missing_required(names) if n != "json"]
         if missing:
             raise ValueError(f"missing members {missing}")
-        manifest_row = {k: to_jsonable(v) for k, v in row.items() if k in self._scalar_names(row)}
+        manifest_row = {k: to_jsonable(v) for k, v in row.items()
+                        if k in self.declared or k.startswith(TIMING_PREFIX)}
         sample = {"__key__": key}
         for name in names:
             if name == "json":
@@ -219,10 +217,6 @@ class ShardDatasink(Datasink):
             meta.update(extra if isinstance(extra, dict) else json.loads(extra))
         sample["json.json"] = encode_member(self.schema.member_for("json"), meta)
         return sample, manifest_row
-
-    def _scalar_names(self, row: dict) -> set[str]:
-        declared = {f.name for f in self.schema.manifest_schema}
-        return {k for k in row if k in declared or k.startswith(TIMING_PREFIX)}
 
     def _flush_rejects(self, rejects: list[dict], tag: str) -> None:
         if rejects:

@@ -69,6 +69,7 @@ class SeaweedS3:
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / "weed.log"
         self.s3_port: int | None = None
+        self._sockets: list[Path] = []
 
     @property
     def endpoint(self) -> str:
@@ -103,8 +104,13 @@ class SeaweedS3:
         ]}))
         (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc) = free_ports(8)
         self.s3_port = s3
+        # weed names some gRPC unix sockets /tmp/seaweedfs-<role>-grpc-<port>.sock whatever TMPDIR
+        # says and leaves them behind; stop() removes ours
+        grpc = {"master": master_grpc, "volume": volume_grpc, "filer": filer_grpc, "s3": s3_grpc}
+        self._sockets = [Path(f"/tmp/seaweedfs-{role}-grpc-{port}.sock") for role, port in grpc.items()]
         args = [
-            self.weed, "server", f"-ip={HOST}", f"-ip.bind={HOST}", f"-s3.ip.bind={HOST}", f"-dir={data}",
+            self.weed, "-logtostderr", "server", f"-dir={data}",
+            f"-ip={HOST}", f"-ip.bind={HOST}", f"-s3.ip.bind={HOST}",
             f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.volumeSizeLimitMB=64",
             f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.preStopSeconds=0",
             "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
@@ -115,7 +121,8 @@ class SeaweedS3:
         log = open(self.log_path, "wb")
         try:
             self.proc = subprocess.Popen(args, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         env=dict(os.environ, TMPDIR=str(self.workdir)))
         finally:
             log.close()
         try:
@@ -149,17 +156,20 @@ class SeaweedS3:
                 time.sleep(0.25)
         raise TimeoutError(f"SeaweedFS S3 not ready after {self.start_timeout}s ({last!r}):\n{self.log_tail()}")
 
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within `grace` seconds."""
+    def stop(self, grace: float = 2.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within `grace` seconds (a graceful stop takes
+        ~15 s and the data is thrown away)."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        for sock in self._sockets:
+            if sock.is_socket():
+                sock.unlink(missing_ok=True)
 
     def log_tail(self, n: int = 4000) -> str:
         try:
