@@ -24,9 +24,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
-    sys.path.pop(0)  # run as a script: import the project, not this folder
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent))  # run as a script from anywhere
 
 import numpy as np  # noqa: E402
 import ray  # noqa: E402

@@ -23,9 +23,13 @@ def cmd_run(args, rest) -> int:
 
 
 def cmd_manifest(args, rest) -> int:
+    import pandas as pd
+
     from schemas.reader import load_manifest, load_rejects
     from schemas.store import DatasetDir
 
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_columns", 20)
     out = DatasetDir.open(args.dir)
     df = load_manifest(args.dir)
     rejects = load_rejects(args.dir)
