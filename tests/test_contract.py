@@ -80,3 +80,39 @@ def test_config_yaml_and_overrides(tmp_path):
         load_config(Cfg, p, ["rubric_positve=10"])  # typo: unknown keys are errors
     with pytest.raises(ValueError):
         load_config(Cfg, p, ["seed"])
+
+
+def test_every_profile_loads_into_its_typed_config():
+    from pipelines.synthetic import SyntheticConfig
+    from schemas.pipeline_configs import PIPELINE_CONFIGS
+    from tests.conftest import ROOT
+
+    classes = dict(PIPELINE_CONFIGS, synthetic=SyntheticConfig)
+    files = sorted((ROOT / "configs").glob("*.yaml"))
+    assert {f.name.split(".")[0] for f in files} == {"dip", "multiid", "uper", "iapo", "synthetic"}
+    for f in files:
+        pipeline, profile = f.name.split(".")[:2]
+        cfg = load_config(classes[pipeline], f)
+        assert cfg.profile == profile == ("tiny" if "tiny" in f.name else "gpu")
+
+
+def test_paper_thresholds_are_named_defaults():
+    from schemas.pipeline_configs import DIPConfig, IAPOConfig, MultiIDConfig, TrainConfig, UPERConfig
+
+    dip, mid, uper, iapo, train = DIPConfig(), MultiIDConfig(), UPERConfig(), IAPOConfig(), TrainConfig()
+    assert (dip.rubric_positive_min, dip.rubric_negative_max, dip.n_single, dip.n_multi) == (9, 6, 5000, 5000)
+    assert (mid.retrieval_threshold_low, mid.retrieval_threshold_high, mid.assign_threshold) == (0.4, 0.5, 0.5)
+    assert (uper.rating_min, uper.patch_size, uper.patch_stride) == (4, 224, 112)
+    assert (iapo.w_pos, iapo.w_neg) == (1.0, 0.0)
+    assert (train.focus_tau, train.focus_gamma) == (0.1, 0.3)
+    assert train.reward_weights == {"text": 0.2, "aesthetic": 0.2, "subject": 0.4}
+
+
+def test_only_output_fields_change_keys():
+    from schemas.pipeline_configs import DIPConfig
+
+    base = DIPConfig()
+    key = lambda cfg: sample_key({"prompt": "a corgi"}, cfg.output_fields())
+    assert key(base) == key(DIPConfig(write={"target_shard_bytes": 10}, vlm={"model": base.vlm.model, "batch_size": 64}))
+    assert key(base) != key(DIPConfig(steps=50))
+    assert key(base) != key(DIPConfig(vlm={"model": "Qwen/Qwen2.5-VL-72B-Instruct"}))

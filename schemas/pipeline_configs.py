@@ -1,0 +1,126 @@
+"""The typed config of each dataset pipeline. Thresholds from the papers are named fields whose
+defaults are the papers' values (the comment cites where); everything else is an engineering
+choice with a sensible default. `output_fields()` lists what enters a sample's key: changing one of
+those fields makes new samples, changing anything else (batch sizes, concurrency, shard size)
+resumes the same ones."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from schemas.config import PipelineConfig, Strict
+
+
+class ModelSpec(Strict):
+    """One worker role: a hub id or a local directory, and how its actor pool is sized."""
+
+    model: str
+    dtype: str = "bfloat16"
+    batch_size: int = 4
+    concurrency: int = 1  # actors; GPU pools start at full size
+    num_gpus: float = 0.0
+
+
+class DIPConfig(PipelineConfig):
+    """FocusDPO (seed 000) section 4.1 and appendix B."""
+
+    n_single: int = 5000  # sec. 4.1: 5,000 single-subject prompts
+    n_multi: int = 5000  # and 5,000 multi-subject prompts
+    generation_mode: str = "diptych"  # diptych | independent | photos
+    steps: int = 28
+    guidance: float = 3.5
+    image_size: int = 1024
+    rubric_positive_min: int = Field(9, description="app. B: positive pairs score >= 9 of 10")
+    rubric_negative_max: int = Field(6, description="app. B: negative pairs score <= 6 of 10")
+    copy_paste_cosine: float = Field(0.98, description="encoder cosine at or above: a copy-paste pair")
+    encoder_cosine_min: float = Field(0.5, description="cheap pre-filter before the VLM rubric")
+    box_threshold: float = 0.35  # Grounded-SAM-2 defaults
+    text_threshold: float = 0.25
+    mask_area_max: float = 0.9
+    mask_dilation_px: int = 16
+    complexity_patch: int = Field(16, description="eq. 7-8 patch size: one latent-grid cell")
+    text_to_image: ModelSpec = ModelSpec(model="black-forest-labs/FLUX.1-dev")
+    inpainting: ModelSpec = ModelSpec(model="black-forest-labs/FLUX.1-Fill-dev")
+    grounding: ModelSpec = ModelSpec(model="IDEA-Research/grounding-dino-base", dtype="float32")
+    segmentation: ModelSpec = ModelSpec(model="facebook/sam2.1-hiera-large")
+    vlm: ModelSpec = ModelSpec(model="Qwen/Qwen2.5-VL-7B-Instruct")
+    image_encoder: ModelSpec = ModelSpec(model="facebook/dinov2-base")
+
+    def output_fields(self) -> dict:
+        return self.model_dump(include={"seed", "generation_mode", "steps", "guidance", "image_size",
+                                        "mask_dilation_px", "complexity_patch"}) | {
+            "models": [m.model for m in (self.text_to_image, self.inpainting, self.grounding,
+                                         self.segmentation, self.vlm, self.image_encoder)]}
+
+
+class MultiIDConfig(PipelineConfig):
+    """WithAnyone (seed 002) section 3 and appendix C."""
+
+    retrieval_threshold_low: float = Field(0.4, description="sec. 3: cosine to a bank center")
+    retrieval_threshold_high: float = Field(0.5, description="app. C: cosine to a bank center")
+    assign_threshold: float = Field(0.5, description="which of the two decides paired / unpaired")
+    dbscan_eps: float = Field(0.5, description="cosine distance; same person is 0.2-0.4 apart")
+    dbscan_min_samples: int = 2
+    min_references: int = 2
+    min_faces: int = 1
+    max_faces: int = 5
+    min_det_score: float = 0.5
+    min_face_px: int = 32
+    min_side_px: int = 256
+    face_analysis: ModelSpec = ModelSpec(model="buffalo_l", dtype="float32")
+    vlm: ModelSpec = ModelSpec(model="Qwen/Qwen2.5-VL-7B-Instruct")
+
+    def output_fields(self) -> dict:
+        return self.model_dump(include={"seed", "dbscan_eps", "dbscan_min_samples", "min_references"}) | {
+            "models": [self.face_analysis.model, self.vlm.model]}
+
+
+class UPERConfig(PipelineConfig):
+    """UPER (seed 001) section 3.2.1 / appendix B.4 (data) and 3.1.3 / B.1 (R_sub)."""
+
+    fg_fraction_min: float = 0.01
+    fg_fraction_max: float = 0.98
+    rating_min: int = Field(4, description="app. B.4: keep a 0-5 consistency rating >= 4")
+    patch_size: int = Field(224, description="sec. 3.1.3: 224 x 224 patches")
+    patch_stride: int = Field(112, description="sec. 3.1.3: stride 112")
+    random_crops: int = 0  # app. B.1 variant
+    copy_paste_similarity: float = 0.95  # app. B.1: penalty above this similarity
+    background_removal: ModelSpec = ModelSpec(model="bria-rmbg", dtype="float32")
+    vlm: ModelSpec = ModelSpec(model="Qwen/Qwen2.5-VL-7B-Instruct")
+    image_encoder: ModelSpec = ModelSpec(model="facebook/dinov2-base")
+
+    def output_fields(self) -> dict:
+        return self.model_dump(include={"seed", "patch_size", "patch_stride", "random_crops"}) | {
+            "models": [self.background_removal.model, self.vlm.model, self.image_encoder.model]}
+
+
+class IAPOConfig(PipelineConfig):
+    """IAPO supplementary (seed 003): Fig. II prompts, eq. 1 weights."""
+
+    w_pos: float = Field(1.0, description="eq. 1: weight inside boxes whose instance agrees (rho=0)")
+    w_neg: float = Field(0.0, description="eq. 1: weight inside boxes whose instance disagrees (rho=1)")
+    max_instances: int = 8
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+    weight_grid: int = 16  # pixels per weight-map cell: the latent grid
+    vlm: ModelSpec = ModelSpec(model="Qwen/Qwen2.5-VL-7B-Instruct")
+    grounding: ModelSpec = ModelSpec(model="IDEA-Research/grounding-dino-base", dtype="float32")
+
+    def output_fields(self) -> dict:
+        return self.model_dump(include={"seed", "max_instances", "w_pos", "w_neg", "weight_grid"}) | {
+            "models": [self.vlm.model, self.grounding.model]}
+
+
+class TrainConfig(PipelineConfig):
+    """The slim trainer: FocusDPO (seed 000 eq. 9-10), Diffusion-DPO, IAPO, SFT."""
+
+    objective: str = "focus_dpo"  # dpo | focus_dpo | iapo | sft
+    focus_tau: float = Field(0.1, description="seed 000 eq. 9: focus threshold tau")
+    focus_gamma: float = Field(0.3, description="seed 000 eq. 9: tradeoff gamma")
+    lora_rank: int = 32  # FocusDPO 32, UPER 4
+    learning_rate: float = 1e-4
+    max_grad_norm: float = 1.0
+    reward_weights: dict[str, float] = {"text": 0.2, "aesthetic": 0.2, "subject": 0.4}  # UPER sec. 3.3
+
+
+PIPELINE_CONFIGS = {"dip": DIPConfig, "multiid": MultiIDConfig, "uper": UPERConfig, "iapo": IAPOConfig,
+                    "train": TrainConfig}
