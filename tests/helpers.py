@@ -31,3 +31,12 @@ def write_rows(rows, out: str, dataset: str, **kw) -> dict:
     sink = ShardDatasink(out, get_schema(dataset), **kw)
     ray.data.from_items(rows).write_datasink(sink)
     return sink.summary
+
+
+def plain(v):
+    """Nested numpy / list values -> plain lists with float32-rounded floats, for comparison."""
+    if isinstance(v, (np.ndarray, list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        return float(np.float32(v))
+    return v.item() if isinstance(v, np.generic) else v

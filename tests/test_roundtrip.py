@@ -5,18 +5,10 @@ import pytest
 
 from schemas import load_manifest, read_samples, validate
 from schemas.registry import SCHEMAS
-from tests.helpers import synthetic_rows, write_rows
+from tests.helpers import plain, synthetic_rows, write_rows
 
 N = 10
 
-
-def plain(v):
-    """Nested numpy / list values -> plain lists with float32-rounded floats, for comparison."""
-    if isinstance(v, (np.ndarray, list, tuple)):
-        return [plain(x) for x in v]
-    if isinstance(v, (float, np.floating)):
-        return float(np.float32(v))
-    return v.item() if isinstance(v, np.generic) else v
 
 
 @pytest.mark.parametrize("dataset", sorted(SCHEMAS))

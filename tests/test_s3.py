@@ -18,7 +18,7 @@ import pytest
 from schemas import load_manifest, read_samples, validate
 from schemas.registry import SCHEMAS
 from schemas.store import resolve_filesystem
-from tests.helpers import synthetic_rows, write_rows
+from tests.helpers import plain, synthetic_rows, write_rows
 from tests.s3server import ALL_ACTIONS, SeaweedS3, find_weed
 
 pytestmark = pytest.mark.slow
@@ -73,14 +73,6 @@ def ray_s3(s3):
         if was_running:
             ray.init(**RAY_ARGS)
 
-
-def plain(v):
-    """Nested numpy / list values -> plain lists with float32-rounded floats, for comparison."""
-    if isinstance(v, (np.ndarray, list, tuple)):
-        return [plain(x) for x in v]
-    if isinstance(v, (float, np.floating)):
-        return float(np.float32(v))
-    return v.item() if isinstance(v, np.generic) else v
 
 
 def check_dataset(uri: str, dataset: str, rows: list[dict], fs: pafs.FileSystem | None = None) -> None:
