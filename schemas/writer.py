@@ -59,7 +59,7 @@ class ShardRegistry:
 
 
 class _ShardWriter:
-    """One open tar being filled in a write task; committed by `commit`."""
+    """One tar being filled in a write task; `commit` makes it visible."""
 
     def __init__(self, out: DatasetDir, name: str):
         self.out, self.name = out, name
@@ -72,10 +72,7 @@ class _ShardWriter:
 
     def add(self, sample: dict, manifest_row: dict) -> None:
         self.tar.write(sample)
-        # tar cost of a member: header block + data padded to whole blocks
-        self.nbytes += sum(
-            TAR_BLOCK + -(-len(v) // TAR_BLOCK) * TAR_BLOCK for k, v in sample.items() if k != "__key__"
-        )
+        self.nbytes += tar_size(sample)
         self.rows.append(dict(manifest_row, shard=self.name))
 
     def commit(self, schema: pa.Schema) -> None:
@@ -83,6 +80,11 @@ class _ShardWriter:
         self.stream.close()
         self.out.commit(self.tmp, self.final)  # tar first: the manifest, renamed last, is the commit
         self.out.write_parquet_atomic(self.out.manifest_path(self.name), manifest_table(self.rows, schema))
+
+
+def tar_size(sample: dict) -> int:
+    """Bytes a sample takes in a tar: per member a header block plus data padded to whole blocks."""
+    return sum(TAR_BLOCK + -(-len(v) // TAR_BLOCK) * TAR_BLOCK for k, v in sample.items() if k != "__key__")
 
 
 def manifest_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
@@ -145,28 +147,19 @@ class ShardDatasink(Datasink):
 
     # ------------------------------------------------------------------------------------------
     def write(self, blocks, ctx) -> dict:
-        manifest_schema = self.schema.manifest_schema
         stats = {"samples": 0, "shards": [], "bytes": 0, "rejects": Counter(), "stage_rows": Counter(),
                  "stage_seconds": defaultdict(float)}
         rejects: list[dict] = []
-        shard: _ShardWriter | None = None
 
         def reject(row, stage, reason, detail=""):
             rejects.append({"key": str(row.get("key")), "stage": stage, "reason": reason,
                             "detail": str(detail)[:2000], "input": _as_str(row.get("input"))})
             stats["rejects"][(stage, reason)] += 1
 
-        def commit():
-            nonlocal shard
-            shard.commit(manifest_schema)
-            stats["shards"].append(shard.name)
-            stats["bytes"] += shard.nbytes
-            self._flush_rejects(rejects, shard.name)
-            shard = None
-
         # A write task holds about one shard of rows: take them at once and claim all keys in one call.
         rows = [r for block in blocks for r in rows_of(BlockAccessor.for_block(block).to_batch_format("numpy"))]
         fresh = ray.get(self.registry.claim.remote([str(r.get("key")) for r in rows])) if rows else []
+        encoded = []
         for row in (r for r, is_fresh in zip(rows, fresh) if is_fresh):  # not fresh: an earlier attempt wrote it
             for k, v in row.items():
                 if k.startswith(TIMING_PREFIX) and v is not None:
@@ -176,23 +169,43 @@ class ShardDatasink(Datasink):
                 reject(row, row.get("reject_stage") or "unknown", row["reject_reason"], row.get("reject_detail") or "")
                 continue
             try:
-                sample, manifest_row = self._encode(row)
+                encoded.append(self._encode(row))
             except Exception as e:  # noqa: BLE001 - bad data never stops the run: it becomes a reject
                 reject(row, "write", "encode_failed", f"{type(e).__name__}: {e}")
-                continue
-            if shard is None:
-                shard = _ShardWriter(self.out, shard_name(self.schema.name, ray.get(self.registry.next_index.remote())))
-            shard.add(sample, manifest_row)
-            stats["samples"] += 1
-            if shard.nbytes >= self.target_bytes or (self.target_samples and len(shard.rows) >= self.target_samples):
-                commit()
-        if shard is not None:
-            commit()
+        del rows
+        for group in self._pack(encoded):
+            shard = _ShardWriter(self.out, shard_name(self.schema.name, ray.get(self.registry.next_index.remote())))
+            for sample, manifest_row in group:
+                shard.add(sample, manifest_row)
+            shard.commit(self.schema.manifest_schema)
+            stats["shards"].append(shard.name)
+            stats["bytes"] += shard.nbytes
+            stats["samples"] += len(group)
+            self._flush_rejects(rejects, shard.name)
         self._flush_rejects(rejects, f"task{ctx.task_idx:05d}")
         stats["rejects"] = [[s, r, n] for (s, r), n in stats["rejects"].items()]
         stats["stage_seconds"] = dict(stats["stage_seconds"])
         stats["stage_rows"] = dict(stats["stage_rows"])
         return stats
+
+    def _pack(self, encoded: list[tuple[dict, dict]]) -> list[list]:
+        """Cut a task's samples into shards of at most target bytes / samples. A byte-bounded tail
+        under half a shard joins the shard before it, so a task does not leave a tiny shard behind."""
+        groups, group, size = [], [], 0
+        for item in encoded:
+            n = tar_size(item[0])
+            if group and (size + n > self.target_bytes or
+                          (self.target_samples and len(group) >= self.target_samples)):
+                groups.append(group)
+                group, size = [], 0
+            group.append(item)
+            size += n
+        if group:
+            if groups and not self.target_samples and size < self.target_bytes / 2:
+                groups[-1] += group
+            else:
+                groups.append(group)
+        return groups
 
     def _encode(self, row: dict) -> tuple[dict, dict]:
         key = str(row["key"])
