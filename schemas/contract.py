@@ -179,3 +179,36 @@ def decode_member(member: Member, data: bytes):
         if member.kind == "alpha":
             return np.asarray(img.convert("L"))
         return np.asarray(img.convert("RGB"))
+
+
+MIN_IMAGE_SIDE = 8  # smaller than this is no picture of anything: a reject, not a model input
+
+
+def as_rgb(value, min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
+    """Any image a row may carry (encoded bytes, HxW gray, HxWx3, HxWx4 RGBA, float in [0, 1] or
+    [0, 255]) -> contiguous uint8 HxWx3. RGBA is composited on white, as a cutout is meant to be
+    seen. Raises ValueError with the reason for what is not an image."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        with Image.open(io.BytesIO(bytes(value))) as img:
+            img.load()
+            value = np.asarray(img.convert("RGBA") if img.mode in ("RGBA", "LA", "P") else img.convert("RGB"))
+    arr = np.asarray(value)
+    if arr.dtype == object or arr.ndim not in (2, 3):
+        raise ValueError(f"not an image: dtype {arr.dtype}, shape {arr.shape}")
+    if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"not an image: {arr.shape[2]} channels")
+    if min(arr.shape[:2]) < min_side:
+        raise ValueError(f"image too small: {arr.shape[0]}x{arr.shape[1]}")
+    if arr.dtype != np.uint8:
+        f = arr.astype(np.float64)
+        if not np.isfinite(f).all():
+            raise ValueError("image has NaN or inf pixels")
+        arr = np.clip(f * 255.0 if f.max() <= 1.0 else f, 0, 255).round().astype(np.uint8)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        alpha = arr[..., 3:4].astype(np.float32) / 255.0
+        arr = (arr[..., :3] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+    return np.ascontiguousarray(arr)
