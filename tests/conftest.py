@@ -24,6 +24,9 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
+        # workers import test modules (classes defined in tests are pickled by reference)
+        paths = [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
