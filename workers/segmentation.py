@@ -1,0 +1,181 @@
+"""Box-prompted segmentation: SAM 2.1 (the `sam2` package) turns each grounding box into a mask.
+
+Used by DIP (FocusDPO sec. 4.1): Grounding DINO's subject box -> SAM2 mask -> M_prior, the region
+FLUX Fill repaints for the loser. As in Grounded-SAM-2, one image embedding per image
+(`set_image_batch`), all of an image's boxes in one prompt batch (`predict_batch`), single-mask
+output, bf16 autocast on the GPU.
+
+Where the model comes from (`model`):
+- a directory holding one SAM2 config yaml and one checkpoint `*.pt` ({"model": state_dict}):
+  what `build_tiny` writes, and what a local snapshot of facebook/sam2.1-hiera-* holds. The yaml
+  is composed with Hydra from that directory, so it need not live inside the sam2 package;
+- a directory holding only a checkpoint with one of the official file names
+  (sam2.1_hiera_large.pt, ...): the package's own config for it;
+- an official hub id ("facebook/sam2.1-hiera-large", ...): the package's config, and the
+  checkpoint file from `checkpoint_dir` when given, else from the Hugging Face cache through
+  hf_hub_download, as sam2's own build_sam2_hf does (HF_HUB_OFFLINE=1 keeps it to the cache).
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+
+from schemas.batch import Reject
+from workers.base import Worker, image_of, torch_dtype
+
+# sam2.1 hiera-t, shrunk: what build_tiny changes in the package's sam2.1_hiera_t.yaml. The
+# image size stays 1024 (SAM2ImagePredictor hard-codes the 256/128/64 feature sizes it gives).
+TINY_OVERRIDES = {"model": {
+    "image_encoder": {
+        # 5 blocks; block 3 global attention (a global block may not start a stage: q-pooling)
+        "trunk": {"embed_dim": 8, "num_heads": 1, "stages": [1, 1, 2, 1], "global_att_blocks": [3]},
+        "neck": {"d_model": 32, "backbone_channel_list": [64, 32, 16, 8],
+                 "position_encoding": {"num_pos_feats": 32}}},
+    "memory_attention": {"d_model": 32, "num_layers": 1, "layer": {
+        "d_model": 32, "dim_feedforward": 64, "self_attention": {"embedding_dim": 32},
+        "cross_attention": {"embedding_dim": 32, "kv_in_dim": 16}}},
+    "memory_encoder": {"out_dim": 16, "in_dim": 32, "position_encoding": {"num_pos_feats": 16},
+                       "mask_downsampler": {"embed_dim": 32}, "fuser": {"num_layers": 1, "layer": {"dim": 32}}},
+}}
+TINY_CONFIG, TINY_CHECKPOINT = "sam2.1_hiera_tiny_random.yaml", "sam2.1_hiera_tiny_random.pt"
+
+
+@contextlib.contextmanager
+def hydra_config_dir(directory: Path):
+    """Compose configs from `directory` instead of the sam2 package. Importing sam2 initialises
+    Hydra's global state with the package's configs, and Hydra refuses to initialise twice; so the
+    package's state is set aside for the build and put back afterwards."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    package_hydra = GlobalHydra.instance().hydra
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(directory.resolve()), version_base="1.2"):
+            yield
+    finally:
+        GlobalHydra.instance().hydra = package_hydra
+
+
+def resolve(model: str, checkpoint_dir: str | None = None) -> tuple[str, str, Path | None]:
+    """(config name, checkpoint path, config directory or None for the package's configs)."""
+    from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
+
+    path = Path(model)
+    if path.is_dir():
+        yamls, checkpoints = sorted(path.glob("*.yaml")), sorted(path.glob("*.pt"))
+        if len(checkpoints) != 1:
+            raise FileNotFoundError(f"{model}: expected one SAM2 checkpoint *.pt, found {len(checkpoints)}")
+        if len(yamls) == 1:
+            return yamls[0].name, str(checkpoints[0]), path
+        by_file = {ckpt: config for config, ckpt in HF_MODEL_ID_TO_FILENAMES.values()}
+        if not yamls and checkpoints[0].name in by_file:
+            return by_file[checkpoints[0].name], str(checkpoints[0]), None
+        raise FileNotFoundError(f"{model}: expected one SAM2 config *.yaml beside {checkpoints[0].name}")
+    if model not in HF_MODEL_ID_TO_FILENAMES:
+        raise ValueError(f"{model}: neither a directory nor one of {sorted(HF_MODEL_ID_TO_FILENAMES)}")
+    config, filename = HF_MODEL_ID_TO_FILENAMES[model]
+    if checkpoint_dir:
+        return config, str(Path(checkpoint_dir) / filename), None
+    from huggingface_hub import hf_hub_download
+
+    return config, hf_hub_download(repo_id=model, filename=filename), None
+
+
+def boxes_of(value, h: int, w: int) -> np.ndarray:
+    """A row's boxes as float32 [n, 4] xyxy clipped to the image; NaN / wrong shape -> Reject."""
+    if value is None:
+        raise Reject("missing_boxes", "")
+    try:
+        boxes = np.asarray([np.asarray(b, np.float32).reshape(4) for b in value], np.float32).reshape(-1, 4)
+    except (TypeError, ValueError) as e:
+        raise Reject("bad_boxes", str(e)) from None
+    if not np.isfinite(boxes).all():
+        raise Reject("bad_boxes", "NaN or inf coordinates")
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+    return boxes
+
+
+class Segmentation(Worker):
+    """Input: an image column (`image`, default "win") and a boxes column (`boxes`, default
+    "boxes": float32 [n, 4] xyxy pixels, e.g. Grounding's output). Output: `masks` bool
+    [n, H, W] (one mask per box, the image's size), `mask_scores` float32 [n] (SAM2's predicted
+    IoU of each mask). A row with zero boxes gets `masks` [0, H, W] and `mask_scores` [0].
+    Rejects: `missing_image` / `bad_image`, `missing_boxes`, `bad_boxes` (not [n, 4], NaN)."""
+
+    role = "segmentation"
+
+    def __init__(self, model: str = "facebook/sam2.1-hiera-large", *, stage: str | None = None,
+                 dtype: str = "bfloat16", device: str | None = None, checkpoint_dir: str | None = None,
+                 multimask_output: bool = False, image: str = "win", boxes: str = "boxes",
+                 masks: str = "masks", mask_scores: str = "mask_scores"):
+        super().__init__(model, stage=stage, dtype=dtype, device=device)
+        import torch
+        from sam2.build_sam import build_sam2
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        self.image, self.boxes, self.multimask_output = image, boxes, multimask_output
+        self.out = {"masks": masks, "mask_scores": mask_scores}
+        config, checkpoint, config_dir = resolve(model, checkpoint_dir)
+        with hydra_config_dir(config_dir) if config_dir else contextlib.nullcontext():
+            sam = build_sam2(config, checkpoint, device=self.device)
+        self.predictor = SAM2ImagePredictor(sam)
+        # weights stay float32; bf16 comes from autocast, as in SAM2's and Grounded-SAM-2's demos
+        self.autocast_dtype = torch_dtype(dtype, self.device)
+        self._torch = torch
+
+    def check(self, row: dict) -> dict:
+        image = image_of(row, self.image)
+        return {"image": image, "boxes": boxes_of(row.get(self.boxes), *image.shape[:2])}
+
+    def predict(self, inputs: list[dict]) -> list[dict]:
+        torch = self._torch
+        prompted = [x for x in inputs if len(x["boxes"])]  # predict_batch needs a box per image
+        masks, scores = [], []
+        if prompted:
+            with torch.inference_mode(), torch.autocast(self.device.split(":")[0], dtype=self.autocast_dtype,
+                                                         enabled=self.autocast_dtype != torch.float32):
+                self.predictor.set_image_batch([x["image"] for x in prompted])
+                masks, scores, _ = self.predictor.predict_batch(
+                    box_batch=[x["boxes"] for x in prompted], multimask_output=self.multimask_output)
+            self.predictor.reset_predictor()  # drop the batch's features before the next batch
+        results, k = [], 0
+        for x in inputs:
+            h, w = x["image"].shape[:2]
+            n = len(x["boxes"])
+            if not n:
+                results.append({self.out["masks"]: np.zeros((0, h, w), bool),
+                                self.out["mask_scores"]: np.zeros(0, np.float32)})
+                continue
+            # predict_batch squeezes the box axis when there is one box: restore [n, C, H, W]
+            m, s = masks[k].reshape(n, -1, h, w), scores[k].reshape(n, -1)
+            best = s.argmax(axis=1)  # C = 1 unless multimask_output: keep the best-scored mask
+            results.append({self.out["masks"]: m[np.arange(n), best] > 0,
+                            self.out["mask_scores"]: s[np.arange(n), best].astype(np.float32)})
+            k += 1
+        return results
+
+
+def build_tiny(directory, seed: int = 0) -> Path:
+    """SAM 2.1 hiera-t with reduced widths and depth (TINY_OVERRIDES) and random weights, saved
+    as build_sam2 reads a real one: the composed config yaml and a {"model": state_dict}
+    checkpoint side by side."""
+    import os
+
+    import sam2
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    base = OmegaConf.load(os.path.join(os.path.dirname(sam2.__file__), "configs/sam2.1/sam2.1_hiera_t.yaml"))
+    config = OmegaConf.merge(base, OmegaConf.create(TINY_OVERRIDES))
+    OmegaConf.save(config, directory / TINY_CONFIG)
+    torch.manual_seed(seed)
+    model = instantiate(config.model, _recursive_=True)
+    torch.save({"model": model.state_dict()}, directory / TINY_CHECKPOINT)
+    return directory
