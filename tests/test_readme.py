@@ -7,8 +7,9 @@ import sys
 from tests.conftest import ROOT
 
 
-def readme_blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+def readme_blocks(lang: str, section: str) -> list[str]:
+    text = (ROOT / "README.md").read_text().split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
 
 
 def test_quickstart_is_two_make_commands():
@@ -25,7 +26,7 @@ def test_python_blocks_run_on_demo_output(ray_local, tmp_path):
 
     # what `make demo` runs, into a scratch working directory
     synthetic.main(["--config", str(ROOT / "configs/synthetic.tiny.yaml"), "--out", str(tmp_path / "out")])
-    blocks = readme_blocks("python")
+    blocks = readme_blocks("python", "Reading the data")
     assert len(blocks) == 2
     for block in blocks:
         run = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True,
