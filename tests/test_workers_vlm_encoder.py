@@ -112,6 +112,26 @@ def test_vlm_prompt_layout_and_max_pixels(vlm_dir, two_image_vlm):
     assert "<|im_start|>system\nJudge strictly.<|im_end|>" in text and "helpful assistant" not in text
 
 
+def test_vlm_several_questions_per_row(vlm_dir):
+    w = VLM(str(vlm_dir), images=["image", "crop"])
+    ref, c1, c2 = noise(56, 56, seed=1), noise(42, 56, seed=2), noise(56, 28, seed=3)
+    rows = [
+        {"key": "many", "image": ref, "crop": [c1, c2], "prompt": ["Describe the dog.", "Describe the cat."]},
+        {"key": "one", "image": ref, "crop": c1, "prompt": "Describe the dog."},
+        {"key": "shared", "image": ref, "crop": c1, "prompt": ["Q one?", "Q two?"]},
+        {"key": "mismatch", "image": ref, "crop": [c1], "prompt": ["a?", "b?"]},
+        {"key": "blank", "image": ref, "crop": c1, "prompt": ["a?", " "]},
+    ]
+    out = by_key(w(batch_of(rows)))
+    assert isinstance(out["many"]["answer"], list) and len(out["many"]["answer"]) == 2
+    assert isinstance(out["one"]["answer"], str) and len(out["shared"]["answer"]) == 2
+    # each question is answered as if asked alone: the first question of "many" is the "one" row
+    assert out["many"]["answer"][0] == out["one"]["answer"]
+    alone = by_key(w(batch_of([{"key": "c2", "image": ref, "crop": c2, "prompt": "Describe the cat."}])))
+    assert out["many"]["answer"][1] == alone["c2"]["answer"]
+    assert reasons(out) == {"mismatch": ("vlm", "bad_image"), "blank": ("vlm", "empty_prompt")}
+
+
 def test_vlm_in_ray_data(vlm_dir, ray_local):
     rows = [{"key": f"r{i}", "image": noise(40 + 8 * i, 56, seed=i), "question": f"Question {i}?"} for i in range(3)]
     rows.append({"key": "bad", "image": noise(40, 56), "question": ""})

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from schemas.batch import Reject
 from workers.base import Worker, image_of, text_of, torch_dtype
 
@@ -71,12 +73,23 @@ class VLM(Worker):
         self._torch = torch
 
     def check(self, row: dict) -> dict:
-        images = [image_of(row, c) for c in self.images]
-        for c, im in zip(self.images, images):
-            h, w = im.shape[:2]
-            if max(h, w) / min(h, w) > MAX_ASPECT_RATIO:
-                raise Reject("bad_image", f"{c}: aspect ratio {h}x{w}")
-        return {"images": images, "prompt": text_of(row, self.prompt)}
+        """One row asks one question, or several (a list in the prompt column: one per subject);
+        an image column may then hold a list with one image per question (per-subject crops)."""
+        many = _is_list(row.get(self.prompt))
+        prompts = [str(p) for p in row[self.prompt]] if many else [text_of(row, self.prompt)]
+        if many and (not prompts or not all(p.strip() for p in prompts)):
+            raise Reject("empty_prompt", self.prompt)
+        per_column = []
+        for c in self.images:
+            value = row.get(c)
+            if _is_list(value):
+                if len(value) != len(prompts):
+                    raise Reject("bad_image", f"{c}: {len(value)} images for {len(prompts)} questions")
+                per_column.append([_checked_image({c: v}, c) for v in value])
+            else:
+                per_column.append([_checked_image(row, c)] * len(prompts))
+        queries = [{"images": [col[q] for col in per_column], "prompt": p} for q, p in enumerate(prompts)]
+        return {"queries": queries, "many": many}
 
     def messages(self, n_images: int, prompt: str) -> list[dict]:
         turn = [{"type": "image"}] * n_images + [{"type": "text", "text": prompt}]
@@ -98,12 +111,30 @@ class VLM(Worker):
         return batch
 
     def predict(self, inputs: list[dict]) -> list[dict]:
-        batch = self.model_inputs(inputs)
+        queries = [q for x in inputs for q in x["queries"]]  # every question of the batch in one generate
+        batch = self.model_inputs(queries)
         with self._torch.inference_mode():
             out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=self.processor.tokenizer.pad_token_id)
-        answers = self.processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        return [{self.output: a.strip()} for a in answers]
+        answers = iter(a.strip() for a in self.processor.batch_decode(
+            out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True))
+        results = []
+        for x in inputs:
+            mine = [next(answers) for _ in x["queries"]]
+            results.append({self.output: mine if x["many"] else mine[0]})
+        return results
+
+
+def _is_list(value) -> bool:
+    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype == object)
+
+
+def _checked_image(row: dict, column: str) -> np.ndarray:
+    image = image_of(row, column)
+    h, w = image.shape[:2]
+    if max(h, w) / min(h, w) > MAX_ASPECT_RATIO:
+        raise Reject("bad_image", f"{column}: aspect ratio {h}x{w}")
+    return image
 
 
 def build_tiny(directory, seed: int = 0) -> Path:
