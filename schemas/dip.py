@@ -27,7 +27,7 @@ SCHEMA = DatasetSchema(
         pa.field("subjects", pa.list_(s)),
         pa.field("class_nouns", pa.list_(s)),
         pa.field("seed", pa.int64()),
-        pa.field("generation_mode", s),  # diptych / independent / photos
+        pa.field("generation_mode", s),  # diptych / independent (generated sources)
         pa.field("model_text_to_image", s),
         pa.field("model_inpainting", s),
         pa.field("model_grounding", s),
@@ -45,5 +45,9 @@ SCHEMA = DatasetSchema(
         pa.field("mask_area", f32),  # fraction of x_w covered by M_prior
         pa.field("mask_areas", pa.list_(f32)),
         pa.field("captions", pa.list_(s)),  # VLM region caption per subject
+        pa.field("source", s),  # generate / prompts / photos
+        pa.field("segmenter", s),
+        pa.field("inpainter", s),
+        pa.field("qa", s),  # enabled / disabled: whether the rubric and encoder gates were applied
     ),
 )

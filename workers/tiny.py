@@ -56,6 +56,17 @@ def ensure(root: str | Path, roles=None, seed: int = 0) -> dict[str, Path]:
     return out
 
 
+def ensure_for(cfg) -> dict[str, Path]:
+    """Build the tiny models a config points at: every ModelSpec whose model is a path
+    `<root>/tiny-models/<role>` (the tiny profile's layout) and is not built yet."""
+    built = {}
+    for name, value in cfg:
+        path = Path(getattr(value, "model", "") or "")
+        if path.parent.name == "tiny-models" and path.name in BUILDERS:
+            built.update(ensure(path.parent, [path.name]))
+    return built
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("root")
