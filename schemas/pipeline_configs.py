@@ -24,7 +24,7 @@ class DIPConfig(PipelineConfig):
     """FocusDPO (seed 000) section 4.1 and appendix B."""
 
     source: str = "generate"  # generate (FLUX from the catalog) | prompts (a .parquet/.jsonl file) | photos
-    catalog: str = "configs/dip_subjects.yaml"
+    catalog: str = "configs/catalogs/dip_subjects.yaml"
     prompts_file: str | None = None
     photos_root: str = "../shared/assets/images/dreambench"
     photo_max_side: int = 512

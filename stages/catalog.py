@@ -39,7 +39,7 @@ CATEGORIES = ("object", "animal", "human-real", "human-anime")
 # appendix B.1: objects, animals, humans balanced; humans = real + anime
 DEFAULT_SHARES = {"object": 2, "animal": 2, "human-real": 1, "human-anime": 1}
 
-# Used when the catalog YAML gives no lists of its own (configs/dip_subjects.yaml does).
+# Used when the catalog YAML gives no lists of its own (configs/catalogs/dip_subjects.yaml does).
 SCENES = [
     "in a sunlit kitchen", "on a sandy beach at low tide", "in a snowy forest clearing",
     "on a cobblestone street in an old town", "in a cozy living room", "in a blooming flower garden",

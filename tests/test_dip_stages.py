@@ -21,7 +21,7 @@ from stages import masks as K
 from stages import photos as P
 from stages.complexity import complexity_map, entropy
 
-CATALOG = ROOT / "configs" / "dip_subjects.yaml"
+CATALOG = ROOT / "configs" / "catalogs" / "dip_subjects.yaml"
 
 
 def reason(fn, *args, **kwargs) -> str:
