@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -19,7 +21,7 @@ import ray
 from schemas.batch import batch_of, run_rows
 from schemas.dip import SCHEMA
 from schemas.job import drop_committed, parse_args, start_ray, write
-from schemas.pipeline_configs import DIPConfig
+from schemas.pipeline_configs import DIPConfig, ModelSpec
 from stages import dip
 from stages.catalog import make_prompts, read_prompts
 from stages.encode import encode_members
@@ -53,7 +55,7 @@ def source_rows(cfg: DIPConfig) -> list[dict]:
         else:
             rows = make_prompts(cfg.catalog, cfg.n_single, cfg.n_multi, cfg.seed)  # subjects, scenes, lighting
         rows = [dict(r, input=r.get("prompt")) for r in rows]
-        inputs = lambda r: {k: r.get(k) for k in ("prompt", "ref_prompt", "target_prompt", "subjects", "seed")}
+        inputs = lambda r: {k: r.get(k) for k in ("prompt", "ref_prompt", "diptych_prompt", "subjects", "seed")}
     return [dict(r, key=sample_key(inputs(r), cfg.output_fields())) for r in rows]
 
 
@@ -70,71 +72,89 @@ def load_photos(row: dict, max_side: int) -> dict:
     return row
 
 
-def cpu(ds: ray.data.Dataset, stage: str, fn, batch_size: int = 8) -> ray.data.Dataset:
-    """A CPU stage: a task per batch, so GPU actors never wait on this work."""
-    return ds.map_batches(partial(run_rows, stage, fn), batch_size=batch_size, batch_format="pyarrow")
+@dataclass
+class Step:
+    """One stage of the DAG: a CPU function on a row (`fn`), or a model worker class and its
+    constructor kwargs (`cls`, `kwargs`, `spec`)."""
+
+    name: str
+    fn: Callable[[dict], dict] | None = None
+    cls: type | None = None
+    spec: ModelSpec | None = None
+    kwargs: dict = field(default_factory=dict)
 
 
-def model(ds: ray.data.Dataset, cls, spec, stage: str, **kwargs) -> ray.data.Dataset:
-    return ds.map_batches(cls, batch_format="pyarrow", **pool_args(cls, spec, stage=stage, **kwargs))
+def plan(cfg: DIPConfig, workers: dict | None = None) -> list[Step]:
+    """The stages in order; `workers` replaces a role's class (tests drive the gates with doubles).
+    build() runs them as Ray Data stages, benchmarks/dip.py as a bare loop."""
+    w = dict(WORKERS, **(workers or {}))
+    steps: list[Step] = []
+
+    def cpu(name, fn):
+        steps.append(Step(name, fn=fn))
+
+    def model(name, role, **kwargs):
+        steps.append(Step(name, cls=w[role], spec=getattr(cfg, role), kwargs=kwargs))
+
+    gen = dict(height=cfg.image_size, width=cfg.image_size, steps=cfg.steps, guidance=cfg.guidance)
+    cpu("check_subjects", dip.check_subjects)
+    if cfg.source == "photos":
+        cpu("load", partial(load_photos, max_side=cfg.photo_max_side))
+    elif cfg.generation_mode == "diptych":
+        model("generate", "text_to_image", mode="diptych", prompt_column="diptych_prompt", **gen)
+    else:
+        for column, prompt in (("ref", "ref_prompt"), ("win", "prompt")):
+            model(f"generate_{column}", "text_to_image", mode="independent", prompt_column=prompt,
+                  output_column=column, **gen)
+    model("prefilter", "image_encoder", image="ref", image_b="win", cosine="encoder_cosine")
+    cpu("prefilter_gate", partial(dip.encoder_gate, cosine_min=cfg.encoder_cosine_min,
+                                  copy_paste=cfg.copy_paste_cosine, qa=cfg.qa))
+    cpu("rubric_questions", dip.rubric_questions)
+    model("positive_check", "vlm", images=["ref", "win"], prompt="rubric_prompts", output="pos_raw",
+          max_new_tokens=cfg.vlm_max_new_tokens)
+    cpu("positive_gate", partial(dip.positive_gate, min_score=cfg.rubric_positive_min, qa=cfg.qa))
+    areas = dict(area_min=cfg.mask_area_min, area_max=cfg.mask_area_max)
+    if cfg.segmenter == "salient":
+        model("segment", "background_removal", image_column="win")
+        cpu("prior", partial(dip.prior_from_alpha, **areas))
+    else:
+        model("ground", "grounding", image="win", phrases="class_nouns", box_threshold=cfg.box_threshold,
+              text_threshold=cfg.text_threshold)
+        cpu("boxes", dip.grounding_boxes)
+        model("segment", "segmentation", image="win", boxes="boxes")
+        cpu("prior", partial(dip.prior_from_masks, **areas))
+    cpu("caption_queries", dip.caption_queries)
+    model("caption", "vlm", images=["crops"], prompt="caption_prompts", output="caption_raw",
+          max_new_tokens=cfg.vlm_max_new_tokens)
+    cpu("captions", partial(dip.region_captions, qa=cfg.qa))
+    if cfg.inpainter == "opencv":
+        cpu("inpaint", partial(dip.opencv_loser, dilation_px=cfg.mask_dilation_px))
+    else:
+        model("inpaint", "inpainting", image_column="win", mask_column="mask", prompt_column="inpaint_prompt",
+              dilation_px=cfg.mask_dilation_px, feather_px=cfg.mask_feather_px, steps=cfg.inpaint_steps,
+              guidance=cfg.inpaint_guidance)
+    model("negative_check", "vlm", images=["ref", "lose"], prompt="rubric_prompts", output="neg_raw",
+          max_new_tokens=cfg.vlm_max_new_tokens)
+    cpu("negative_gate", partial(dip.negative_gate, max_score=cfg.rubric_negative_max, qa=cfg.qa))
+    cpu("complexity", partial(dip.complexity, patch=cfg.complexity_patch))
+    cpu("finalize", partial(dip.finalize, fields=manifest_fields(cfg)))
+    cpu("encode", partial(encode_members, schema=SCHEMA))
+    return steps
 
 
 def build(cfg: DIPConfig, out: str, workers: dict | None = None) -> tuple[ray.data.Dataset, list[str]]:
-    """The DAG; `workers` replaces a role's class (tests drive the gates with a scripted VLM)."""
-    w = dict(WORKERS, **(workers or {}))
+    """The Ray Data DAG of plan(): CPU steps as tasks (GPU actors never wait on them), model steps
+    on fixed-size actor pools; resume drops committed keys before any of it."""
     rows = source_rows(cfg)
     ds, done = drop_committed(ray.data.from_arrow(batch_of(rows)) if rows else ray.data.from_items([]), out, SCHEMA.name)
     print(f"dip: {len(rows)} inputs, {done} keys already committed")
-    stages: list[str] = []
-
-    def step(name, fn=None, **kw):
-        stages.append(name)
-        return cpu(ds, name, fn) if fn else model(ds, stage=name, **kw)
-
-    if cfg.source == "photos":
-        ds = step("load", partial(load_photos, max_side=cfg.photo_max_side))
-    elif cfg.generation_mode == "diptych":
-        ds = step("generate", cls=w["text_to_image"], spec=cfg.text_to_image, mode="diptych",
-                  height=cfg.image_size, width=cfg.image_size, steps=cfg.steps, guidance=cfg.guidance)
-    else:
-        for column, prompt in (("ref", "ref_prompt"), ("win", "target_prompt")):
-            ds = step(f"generate_{column}", cls=w["text_to_image"], spec=cfg.text_to_image, mode="independent",
-                      prompt_column=prompt, output_column=column, height=cfg.image_size, width=cfg.image_size,
-                      steps=cfg.steps, guidance=cfg.guidance)
-    ds = step("prefilter", cls=w["image_encoder"], spec=cfg.image_encoder, image="ref", image_b="win",
-              cosine="encoder_cosine")
-    ds = step("prefilter_gate", partial(dip.encoder_gate, cosine_min=cfg.encoder_cosine_min,
-                                        copy_paste=cfg.copy_paste_cosine, qa=cfg.qa))
-    ds = step("rubric_questions", dip.rubric_questions)
-    ds = step("positive_check", cls=w["vlm"], spec=cfg.vlm, images=["ref", "win"], prompt="rubric_prompts",
-              output="pos_raw", max_new_tokens=cfg.vlm_max_new_tokens)
-    ds = step("positive_gate", partial(dip.positive_gate, min_score=cfg.rubric_positive_min, qa=cfg.qa))
-    if cfg.segmenter == "salient":
-        ds = step("segment", cls=w["background_removal"], spec=cfg.background_removal, image_column="win")
-        ds = step("prior", partial(dip.prior_from_alpha, area_min=cfg.mask_area_min, area_max=cfg.mask_area_max))
-    else:
-        ds = step("ground", cls=w["grounding"], spec=cfg.grounding, image="win", phrases="class_nouns",
-                  box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold)
-        ds = step("boxes", dip.grounding_boxes)
-        ds = step("segment", cls=w["segmentation"], spec=cfg.segmentation, image="win", boxes="boxes")
-        ds = step("prior", partial(dip.prior_from_masks, area_min=cfg.mask_area_min, area_max=cfg.mask_area_max))
-    ds = step("caption_queries", dip.caption_queries)
-    ds = step("caption", cls=w["vlm"], spec=cfg.vlm, images=["crops"], prompt="caption_prompts",
-              output="caption_raw", max_new_tokens=cfg.vlm_max_new_tokens)
-    ds = step("captions", partial(dip.region_captions, qa=cfg.qa))
-    if cfg.inpainter == "opencv":
-        ds = step("inpaint", partial(dip.opencv_loser, dilation_px=cfg.mask_dilation_px))
-    else:
-        ds = step("inpaint", cls=w["inpainting"], spec=cfg.inpainting, image_column="win", mask_column="mask",
-                  prompt_column="inpaint_prompt", dilation_px=cfg.mask_dilation_px, feather_px=cfg.mask_feather_px,
-                  steps=cfg.inpaint_steps, guidance=cfg.inpaint_guidance)
-    ds = step("negative_check", cls=w["vlm"], spec=cfg.vlm, images=["ref", "lose"], prompt="rubric_prompts",
-              output="neg_raw", max_new_tokens=cfg.vlm_max_new_tokens)
-    ds = step("negative_gate", partial(dip.negative_gate, max_score=cfg.rubric_negative_max, qa=cfg.qa))
-    ds = step("complexity", partial(dip.complexity, patch=cfg.complexity_patch))
-    ds = step("finalize", partial(dip.finalize, fields=manifest_fields(cfg)))
-    ds = step("encode", partial(encode_members, schema=SCHEMA))
-    return ds, stages
+    steps = plan(cfg, workers)
+    for s in steps:
+        if s.fn is not None:
+            ds = ds.map_batches(partial(run_rows, s.name, s.fn), batch_size=8, batch_format="pyarrow")
+        else:
+            ds = ds.map_batches(s.cls, batch_format="pyarrow", **pool_args(s.cls, s.spec, stage=s.name, **s.kwargs))
+    return ds, [s.name for s in steps]
 
 
 def manifest_fields(cfg: DIPConfig) -> dict:

@@ -21,7 +21,15 @@ def rows_of(batch) -> list[dict]:
     if not batch:
         return []
     n = len(next(iter(batch.values())))
-    return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+    return [{k: _null_if_nan(v[i]) for k, v in batch.items()} for i in range(n)]
+
+
+def _null_if_nan(value):
+    """Arrow's nulls come back from numpy as NaN when Ray concatenated a block whose column was all
+    null with one that had values; a scalar NaN is a missing value here (arrays travel whole)."""
+    if isinstance(value, (float, np.floating)) and value != value:
+        return None
+    return value
 
 
 def batch_of(rows: list[dict]) -> pa.Table:

@@ -17,11 +17,15 @@ SCHEMA = DatasetSchema(
         Member("lose", "jpg", "image"),
         Member("mask", "png", "mask", size_of="win"),  # M_prior, union over subjects
         Member("mask_*", "png", "mask", required=False, size_of="win"),  # M_prior per subject
+        # where x_l may differ from x_w: the dilated M_prior the inpainter filled (outside it x_l == x_w)
+        Member("inpaint_mask", "png", "mask", size_of="win"),
         Member("complexity", "npy", "array", dtype="float16", ndim=2, grid_of="win"),  # M_d
         Member("json", "json", "json"),
     ),
     fields=(
-        pa.field("prompt", s),
+        pa.field("prompt", s),  # c: the subject prompt, describing x_w
+        pa.field("ref_prompt", s),  # x_r's prompt (generated sources)
+        pa.field("diptych_prompt", s),  # the one FLUX prompt of x_r | x_w (diptych mode)
         pa.field("category", s),  # object / animal / human-real / human-anime
         pa.field("n_subjects", i32),
         pa.field("subjects", pa.list_(s)),

@@ -18,6 +18,10 @@ class ModelSpec(Strict):
     batch_size: int = 4
     concurrency: int = 1  # actors; GPU pools start at full size
     num_gpus: float = 0.0
+    # CPUs each actor holds for its lifetime. A GPU actor needs one for pre/post-processing; on a
+    # CPU-only machine a DAG of many pools (DIP has 8) must hold less than the machine, or the
+    # last pools never start and the run waits forever.
+    num_cpus: float = 1.0
 
 
 class DIPConfig(PipelineConfig):

@@ -93,9 +93,17 @@ def validate(dataset_dir: str, filesystem: pafs.FileSystem | None = None) -> Rep
 
 def _check_tar(out: DatasetDir, schema, name: str, rows: set[str], report: Report) -> None:
     path = out.shard_path(name)
-    if out.fs.get_file_info(path).type != pafs.FileType.File:
+    info = out.fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
         report.problems.append(Problem("missing_shard", name, None, f"{len(rows)} manifest rows point at {path}"))
         return
+    # tarfile reads a tar cut at a member boundary as a shorter, valid one: the end-of-archive
+    # marker (two zero blocks, whole 512-byte blocks) is what says the writer finished it
+    with out.fs.open_input_file(path) as f:
+        f.seek(max(0, info.size - 1024))
+        tail = f.read()
+    if info.size % 512 or len(tail) < 1024 or any(tail):
+        report.problems.append(Problem("truncated", name, None, f"{info.size} bytes, no end-of-archive marker"))
     finished: set[str] = set()
     current, members = None, {}
 

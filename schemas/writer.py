@@ -162,7 +162,9 @@ class ShardDatasink(Datasink):
         encoded = []
         for row in (r for r, is_fresh in zip(rows, fresh) if is_fresh):  # not fresh: an earlier attempt wrote it
             for k, v in row.items():
-                if k.startswith(TIMING_PREFIX) and v is not None:
+                # a row that skipped the stage (rejected earlier) has None, or NaN once a block
+                # went through pandas
+                if k.startswith(TIMING_PREFIX) and v is not None and v == v:
                     stats["stage_rows"][k[len(TIMING_PREFIX):]] += 1
                     stats["stage_seconds"][k[len(TIMING_PREFIX):]] += float(v)
             if row.get("reject_reason"):

@@ -5,10 +5,11 @@ c but with varied auxiliary attributes such as background and lighting", 5,000 s
 5,000 multi-subject, each subset balanced over objects, animals and humans (real and anime).
 `make_prompts` crosses catalog subjects with scenes, plain backgrounds and lighting:
 
-- `prompt`: a diptych prompt in the Subjects200K style, one FLUX image whose left half is the
-  reference x_r (plain background, studio light) and right half the target x_w (scene, lighting);
-- `ref_prompt` / `target_prompt`: the two halves as separate prompts, for generating them as two
-  images instead.
+- `prompt`: the subject prompt c of the quadruplet, which describes the target x_w (subject, scene,
+  lighting); it is what a subject-driven generator is trained on;
+- `ref_prompt`: the reference x_r (the subject on a plain background, studio light);
+- `diptych_prompt`: both in one FLUX image in the Subjects200K style, left half x_r, right half x_w
+  (the default generation mode; `ref_prompt` and `prompt` generate the halves as two images).
 
 Decisions the paper leaves open:
 - Category shares (`per_category`): objects, animals and humans a third each, humans split evenly
@@ -147,15 +148,15 @@ def derive_seed(seed: int, kind: str, index: int) -> int:
 
 # --- reading prompt files ----------------------------------------------------------------------
 
-PROMPT_FIELDS = ("prompt", "ref_prompt", "target_prompt", "category", "categories", "subjects",
+PROMPT_FIELDS = ("prompt", "ref_prompt", "diptych_prompt", "category", "categories", "subjects",
                  "class_nouns", "n_subjects", "seed")
 
 
 def read_prompts(path) -> list[dict]:
     """Prompt dicts from a .parquet or .jsonl file with make_prompts' fields. Missing optional
     fields are filled: subjects <- class_nouns, n_subjects <- len(class_nouns), categories <-
-    [category] * n, target_prompt <- prompt, ref_prompt <- the class nouns on a plain white
-    background, seed <- derived from the prompt text. category stays None when absent (the rubric
+    [category] * n, ref_prompt <- the class nouns on a plain white background, diptych_prompt <- ref and prompt,
+    seed <- derived from the prompt text. category stays None when absent (the rubric
     then rejects the row as "unknown_category" rather than guess). Rows without prompt or
     class_nouns come back as they are, with None there: the pipeline rejects them."""
     path = Path(path)
@@ -189,10 +190,11 @@ def _fill(row: dict) -> dict:
             row["n_subjects"] = len(nouns)
         if row["ref_prompt"] is None and nouns:
             row["ref_prompt"] = f"{_join(['a ' + n for n in nouns])}, on {BACKGROUNDS[0]}, studio light"
+        if row["diptych_prompt"] is None and nouns and row["prompt"]:
+            row["diptych_prompt"] = diptych_prompt(_join(nouns), _join([f"the {n}" for n in nouns]),
+                                                   f"on {BACKGROUNDS[0]}, studio light", str(row["prompt"]))
     if row["categories"] is None and row["category"] is not None and row["n_subjects"]:
         row["categories"] = [row["category"]] * int(row["n_subjects"])
-    if row["target_prompt"] is None:
-        row["target_prompt"] = row["prompt"]
     if row["seed"] is None and row["prompt"] is not None:
         row["seed"] = int.from_bytes(hashlib.sha256(str(row["prompt"]).encode()).digest()[:4], "big") & 0x7FFFFFFF
     return row
@@ -262,6 +264,11 @@ def _capitalise(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def diptych_prompt(what: str, short: str, left: str, right: str) -> str:
+    """One FLUX prompt for reference (left half) and target (right half), Subjects200K style."""
+    return f"Two side-by-side images of the same {what}: on the left, {short} {left}; on the right, {right}"
+
+
 def _prompt(subjects: list[Subject], scene: str, background: str, light: str, seed: int) -> dict:
     n = len(subjects)
     described = _join([s.describe() for s in subjects])
@@ -275,12 +282,10 @@ def _prompt(subjects: list[Subject], scene: str, background: str, light: str, se
         short = f"{short} together"
         ref = f"{_capitalise(described)}, together on {background}, studio light"
         target = f"{_capitalise(described)}, together {scene}, {light}"
-    diptych = (f"Two side-by-side images of the same {what}: on the left, {short} on {background}, "
-               f"studio light; on the right, {short} {scene}, {light}")
     return {
-        "prompt": diptych,
+        "prompt": target,
         "ref_prompt": ref,
-        "target_prompt": target,
+        "diptych_prompt": diptych_prompt(what, short, f"on {background}, studio light", f"{short} {scene}, {light}"),
         "category": subjects[0].category,
         "categories": [s.category for s in subjects],
         "subjects": [s.name for s in subjects],

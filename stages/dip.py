@@ -15,7 +15,7 @@ from stages.rubric import is_negative, is_positive, parse_rubric, rubric_prompt
 # columns a stage needs and the writer does not: dropped before encoding
 SCRATCH = ("rubric_prompts", "pos_raw", "neg_raw", "crops", "caption_prompts", "caption_raw", "phrase_boxes",
            "box_scores", "box_labels", "masks", "mask_scores", "alpha", "on_white", "fg_fraction", "embedding",
-           "inpaint_prompt", "inpaint_mask", "ref_path", "win_path", "ref_prompt", "target_prompt", "categories",
+           "inpaint_prompt", "ref_path", "win_path", "categories",
            "phrases", "index", "cosine")
 
 
@@ -27,14 +27,22 @@ def categories(row: dict) -> list[str]:
     return [str(row["category"])] * len(row["subjects"])
 
 
-def rubric_questions(row: dict) -> dict:
-    """One rubric prompt per subject (Fig. 13): multi-subject pairs must pass for every subject."""
+def check_subjects(row: dict) -> dict:
+    """Before any model work: every subject needs a class noun (the grounding query) and a category
+    with a Fig. 13 rubric, or the sample could never be judged."""
     if not row.get("subjects") or row.get("class_nouns") is None or len(row["class_nouns"]) != len(row["subjects"]):
         raise Reject("no_class_noun", f"subjects {row.get('subjects')} vs class nouns {row.get('class_nouns')}")
     try:
-        row["rubric_prompts"] = [rubric_prompt(c, s) for c, s in zip(categories(row), row["subjects"])]
+        for c, s in zip(categories(row), row["subjects"]):
+            rubric_prompt(c, s)
     except ValueError as e:
         raise Reject("unknown_category", str(e)) from None
+    return row
+
+
+def rubric_questions(row: dict) -> dict:
+    """One rubric prompt per subject (Fig. 13): multi-subject pairs must pass for every subject."""
+    row["rubric_prompts"] = [rubric_prompt(c, s) for c, s in zip(categories(row), row["subjects"])]
     return row
 
 

@@ -64,7 +64,7 @@ def test_family_members_and_required(tmp_path):
     names = dip.member_names(row)
     assert names[:3] == ["ref", "win", "lose"] and "mask_0" in names and "json" in names
     assert dip.member_for("mask_12").size_of == "win" and dip.member_for("maskx") is None
-    assert dip.missing_required(["ref", "win"]) == ["lose", "mask", "complexity", "json"]
+    assert dip.missing_required(["ref", "win"]) == ["lose", "mask", "inpaint_mask", "complexity", "json"]
 
 
 class Cfg(PipelineConfig):

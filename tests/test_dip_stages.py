@@ -123,11 +123,12 @@ def test_prompt_counts_and_subjects(catalog):
         assert len(set(p["subjects"])) == p["n_subjects"]
         assert p["category"] == p["categories"][0] == by_name[p["subjects"][0]].category
         assert p["class_nouns"] == [by_name[n].class_noun for n in p["subjects"]]
-        for text in (p["prompt"], p["ref_prompt"], p["target_prompt"]):
+        for text in (p["prompt"], p["ref_prompt"], p["diptych_prompt"]):
             for noun in p["class_nouns"]:
                 assert noun in text
-        assert p["prompt"].startswith("Two side-by-side images of the same ")
-        assert "on the left," in p["prompt"] and "on the right," in p["prompt"]
+        assert p["diptych_prompt"].startswith("Two side-by-side images of the same ")
+        assert "on the left," in p["diptych_prompt"] and "on the right," in p["diptych_prompt"]
+        assert p["diptych_prompt"].endswith(p["prompt"][-20:])  # the right half: c's scene and lighting
         assert isinstance(p["seed"], int) and 0 <= p["seed"] < 2**31
     for p in multi:  # one grounding query per head noun; no photo people beside anime characters
         heads = [n.split()[-1] for n in p["class_nouns"]]
@@ -154,7 +155,7 @@ def test_prompts_from_yaml_path_use_its_lists(catalog):
     ps = C.make_prompts(str(CATALOG), 40, 0, seed=1)
     assert ps == C.make_prompts(catalog, 40, 0, seed=1, **lists)
     for p in ps:
-        assert any(s in p["target_prompt"] for s in lists["scenes"])
+        assert any(s in p["prompt"] for s in lists["scenes"])
         assert any(b in p["ref_prompt"] for b in lists["backgrounds"])
 
 
@@ -182,7 +183,9 @@ def test_read_prompts_fills_and_keeps_incomplete_rows(tmp_path):
     jl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     a, b, c = C.read_prompts(jl)
     assert a["subjects"] == ["dog"] and a["n_subjects"] == 1 and a["categories"] == ["animal"]
-    assert a["target_prompt"] == "a dog on a beach" and "dog" in a["ref_prompt"]
+    assert a["prompt"] == "a dog on a beach" and "dog" in a["ref_prompt"]
+    assert a["diptych_prompt"] == ("Two side-by-side images of the same dog: on the left, the dog on a plain white "
+                                   "background, studio light; on the right, a dog on a beach")
     assert isinstance(a["seed"], int) and a["seed"] == C.read_prompts(jl)[0]["seed"]
     assert b["prompt"] is None and b["class_nouns"] == ["cat"] and b["category"] is None
     assert c["class_nouns"] is None and c["prompt"] == "x"

@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import ROOT
 
@@ -21,18 +22,21 @@ def test_quickstart_is_two_make_commands():
     assert "make test" in (ROOT / ".ci/run").read_text()
 
 
-def test_python_blocks_run_on_demo_output(ray_local, tmp_path):
-    from pipelines import synthetic
-
-    # what `make demo` runs, into a scratch working directory
-    synthetic.main(["--config", str(ROOT / "configs/synthetic.tiny.yaml"), "--out", str(tmp_path / "out")])
+def test_python_blocks_run_on_demo_output(dip_photos):
+    info, out, _ = dip_photos  # what `make demo` writes when ../shared is present
     blocks = readme_blocks("python", "Reading the data")
     assert len(blocks) == 2
     for block in blocks:
-        run = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True,
+        run = subprocess.run([sys.executable, "-c", block], cwd=Path(out).parent, capture_output=True, text=True,
                              env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
-    assert "64 samples in" in run.stdout and "time_generate" in run.stdout
+    assert f"{info['counts']['samples']} samples in" in run.stdout and "time_segment" in run.stdout
+
+
+def test_demo_runs_dip_photos_with_shared_and_tiny_generation_without():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pipelines/dip.py" in makefile and "configs/dip.photos.yaml" in makefile
+    assert "configs/dip.tiny.yaml" in makefile and "../shared/assets" in makefile
 
 
 def test_cli_run_and_manifest(ray_local, tmp_path):

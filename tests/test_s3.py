@@ -33,7 +33,7 @@ IDENTITIES = {
     "pipeline": {"access_key": "sf-pipeline", "secret_key": "sf-pipeline-secret",
                  "actions": [f"{a}:{ENV_BUCKET}" for a in ("Read", "Write", "List", "Tagging")]},
 }
-RAY_ARGS = dict(num_cpus=2, include_dashboard=False, log_to_driver=False)  # as conftest.ray_local
+RAY_ARGS = dict(num_cpus=8, include_dashboard=False, log_to_driver=False)  # as conftest.ray_local
 
 
 @pytest.fixture(scope="module")

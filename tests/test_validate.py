@@ -79,6 +79,15 @@ def test_truncated_tar(dataset):
     assert "truncated" in kinds(dataset)
 
 
+def test_tar_cut_at_a_member_boundary_is_truncated(dataset):
+    """tarfile reads such a tar as a shorter valid one; the missing end-of-archive marker tells."""
+    tar = first_shard(dataset)
+    with tarfile.open(tar) as t:
+        cut = t.getmembers()[len(t.getmembers()) // 2].offset  # a header: everything before is whole
+    tar.write_bytes(tar.read_bytes()[:cut])
+    assert "truncated" in kinds(dataset)
+
+
 def test_mask_size_mismatch(dataset):
     tar = first_shard(dataset)
     m = Member("mask", "png", "mask")

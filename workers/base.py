@@ -122,6 +122,7 @@ def pool_args(worker_cls: type[Worker], spec, **kwargs) -> dict:
         "fn_constructor_kwargs": {"model": spec.model, "dtype": spec.dtype, **kwargs},
         "batch_size": spec.batch_size,
         "num_gpus": spec.num_gpus or None,
+        "num_cpus": spec.num_cpus,
         "compute": ray.data.ActorPoolStrategy(size=spec.concurrency),
         "zero_copy_batch": True,
     }

@@ -1,0 +1,192 @@
+"""Deterministic doubles of the DIP model roles, for tests of the DAG's gates and rejects.
+
+Each is a Worker with the real worker's constructor arguments, columns and batch protocol, so the
+pipeline wires it exactly like the model it replaces; the subject's name in a prompt scripts what
+it returns. The text-to-image double keeps the real worker's input checks and its NaN / black
+output checks (only the FLUX call is replaced).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from stages.rubric import rubric_for
+from workers.base import Worker, image_of
+from workers.text_to_image import TextToImage
+
+SIZE = 64
+SQUARE = (16, 48)  # the subject: a coloured square, rows and columns 16..47
+
+# subject -> (positive answer, negative answer); an int k means "k of 10 answered consistent"
+# (the normalised wording: "Yes" is consistent), a str is the VLM's literal answer.
+NV_EXEMPT = [q.number for q in rubric_for("object").questions if q.not_visible_is_consistent]  # 4, 5, 6, 8
+NV_NOT_EXEMPT = [q.number for q in rubric_for("object").questions if not q.not_visible_is_consistent]
+
+
+def answer(consistent: int, not_visible: tuple[int, ...] = ()) -> str:
+    """Ten answer lines: questions in `not_visible` say "Not visible", then the first `consistent`
+    of the others say Yes."""
+    lines, yes = [], 0
+    for n in range(1, 11):
+        if n in not_visible:
+            lines.append(f"{n}. Not visible")
+        else:
+            lines.append(f"{n}. {'Yes' if yes < consistent else 'No'}")
+            yes += 1
+    return "\n".join(lines)
+
+
+RUBRIC_SCRIPT = {
+    "teapot": (10, 3),
+    "pos9": (9, 3),  # 9 of 10 consistent: kept
+    "pos8": (8, 3),  # 8 of 10: rejected
+    "neg6": (10, 6),  # negative at 6: kept
+    "neg7": (10, 7),  # negative at 7: "negative too consistent"
+    "shaded": (answer(8, tuple(NV_EXEMPT[:2])), 3),  # not visible where the paper says "Yes": 10
+    "fogged": (answer(8, tuple(NV_NOT_EXEMPT[:2])), 3),  # not visible elsewhere: 8, rejected
+    "mumble": ("I am not sure what these images show.", 3),  # unparsable
+}
+
+
+def script_for(prompt: str) -> str:
+    """The scripted subject a prompt is about (rubric: "object (name)", captions: "subject, name,")."""
+    for name in sorted(RUBRIC_SCRIPT, key=len, reverse=True):
+        if re.search(rf"\b{name}\b", prompt):
+            return name
+    return "teapot"
+
+
+class ScriptedVLM(Worker):
+    role = "vlm"
+
+    def __init__(self, model: str, *, stage=None, dtype="float32", device=None, images=("image",),
+                 prompt="prompt", output="answer", max_new_tokens=256, **_):
+        super().__init__(model, stage=stage, dtype=dtype, device="cpu")
+        self.images = [images] if isinstance(images, str) else list(images)
+        self.prompt, self.output = prompt, output
+
+    def check(self, row: dict) -> dict:
+        for column in self.images:
+            value = row[column]
+            for image in (value if isinstance(value, (list, tuple)) or getattr(value, "dtype", None) == object
+                          else [value]):
+                image_of({"i": image}, "i")
+        prompts = row[self.prompt]
+        return {"prompts": [str(p) for p in prompts] if not isinstance(prompts, str) else [prompts]}
+
+    def predict(self, inputs: list[dict]) -> list[dict]:
+        return [{self.output: [self._answer(p) for p in x["prompts"]]} for x in inputs]
+
+    def _answer(self, prompt: str) -> str:
+        name = script_for(prompt)
+        if self.output == "caption_raw":
+            return f"A small glazed {name} with a curved spout, deep blue with a thin gold rim."
+        scripted = RUBRIC_SCRIPT[name][0 if self.output == "pos_raw" else 1]
+        return answer(scripted) if isinstance(scripted, int) else scripted
+
+
+def paint(prompt: str, width: int) -> np.ndarray:
+    """float RGB in [0, 1], like FluxPipeline(output_type="np"): a diptych of the subject (a square
+    whose colour comes from its name) on plain white (left) and on a striped scene (right)."""
+    if "nanfail" in prompt:
+        return np.full((SIZE, width, 3), np.nan, np.float32)
+    if "blackout" in prompt:
+        return np.zeros((SIZE, width, 3), np.float32)
+    image = np.ones((SIZE, width, 3), np.float32)
+    half = width // 2
+    image[:, half:] = 0.35 + 0.3 * (np.arange(half) % 8 < 4)[None, :, None]  # the scene: stripes
+    colour = (np.frombuffer(prompt.encode()[:3].ljust(3, b"x"), np.uint8) / 255.0).astype(np.float32)
+    a, b = SQUARE
+    for left in (0, half):
+        image[a:b, left + a:left + b] = colour
+    if "copycat" in prompt:
+        image[:, half:] = image[:, :half]  # target == reference: a copy-paste pair
+    if "stranger" in prompt:
+        image[:, half:] = 1.0 - image[:, :half]  # a different picture altogether
+    return image
+
+
+class PaintedTextToImage(TextToImage):
+    """FLUX's place in the DAG with painted images; the real checks on inputs and outputs run."""
+
+    def __init__(self, model: str, *, stage=None, dtype="float32", device=None, mode="diptych",
+                 prompt_column="prompt", seed_column="seed", ref_column="ref", win_column="win",
+                 output_column="image", height=SIZE, width=SIZE, **_):
+        Worker.__init__(self, model, stage=stage, dtype=dtype, device="cpu")
+        self.mode, self.prompt_column, self.seed_column = mode, prompt_column, seed_column
+        self.ref_column, self.win_column, self.output_column = ref_column, win_column, output_column
+        self.height, self.width, self.multiple = height, width, 16
+
+    def predict(self, inputs: list[dict]) -> list[dict]:
+        return [self._outputs(paint(x["prompt"], x["width"])) for x in inputs]
+
+
+class PixelEncoder(Worker):
+    """The image encoder's cosine on mean-centred pixels: identical images give 1, inverted ones -1."""
+
+    role = "image_encoder"
+
+    def __init__(self, model: str, *, stage=None, dtype="float32", device=None, image="image", image_b=None,
+                 cosine="cosine", **_):
+        super().__init__(model, stage=stage, dtype=dtype, device="cpu")
+        self.image, self.image_b, self.cosine = image, image_b, cosine
+
+    def check(self, row: dict) -> dict:
+        return {"a": image_of(row, self.image), "b": image_of(row, self.image_b)}
+
+    def predict(self, inputs: list[dict]) -> list[dict]:
+        out = []
+        for x in inputs:
+            a, b = (v.astype(np.float64).ravel() for v in (x["a"], x["b"]))
+            a, b = a - a.mean(), b - b.mean()
+            out.append({self.cosine: float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))})
+        return out
+
+
+class ScriptedGrounding(Worker):
+    """The square's box for every phrase; "ghost" is never found, "void" gets a zero-area box."""
+
+    role = "grounding"
+
+    def __init__(self, model: str, *, stage=None, dtype="float32", device=None, image="win",
+                 phrases="phrases", phrase_boxes="phrase_boxes", **_):
+        super().__init__(model, stage=stage, dtype=dtype, device="cpu")
+        self.image, self.phrases, self.phrase_boxes = image, phrases, phrase_boxes
+
+    def check(self, row: dict) -> dict:
+        return {"image": image_of(row, self.image), "phrases": [str(p) for p in row[self.phrases]]}
+
+    def predict(self, inputs: list[dict]) -> list[dict]:
+        a, b = SQUARE
+        boxes = {"ghost": None, "void": [20.0, 20.0, 20.0, 20.0]}
+        return [{self.phrase_boxes: [boxes.get(p, [float(a), float(a), float(b), float(b)]) for p in x["phrases"]],
+                 "box_scores": [0.9] * len(x["phrases"]), "box_labels": list(x["phrases"])} for x in inputs]
+
+
+class BoxSegmentation(Worker):
+    """Each box filled: the mask SAM2 would give for a solid square."""
+
+    role = "segmentation"
+
+    def __init__(self, model: str, *, stage=None, dtype="float32", device=None, image="win", boxes="boxes", **_):
+        super().__init__(model, stage=stage, dtype=dtype, device="cpu")
+        self.image, self.boxes = image, boxes
+
+    def check(self, row: dict) -> dict:
+        return {"image": image_of(row, self.image), "boxes": np.asarray(row[self.boxes], np.float32).reshape(-1, 4)}
+
+    def predict(self, inputs: list[dict]) -> list[dict]:
+        out = []
+        for x in inputs:
+            masks = []
+            for x0, y0, x1, y1 in x["boxes"].astype(int):
+                m = np.zeros(x["image"].shape[:2], bool)
+                m[y0:y1, x0:x1] = True
+                masks.append(m)
+            out.append({"masks": masks, "mask_scores": [1.0] * len(masks)})
+        return out
+
+
+DOUBLES = {"text_to_image": PaintedTextToImage, "vlm": ScriptedVLM, "image_encoder": PixelEncoder,
+           "grounding": ScriptedGrounding, "segmentation": BoxSegmentation}
