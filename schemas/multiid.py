@@ -37,6 +37,8 @@ SCHEMA = DatasetSchema(
         pa.field("collage", pa.bool_()),
         pa.field("text", pa.bool_()),
         pa.field("caption", s),
+        pa.field("caption_prompt_index", i32),  # which of the six prompts of app. I.1
+        pa.field("caption_repaired", pa.bool_()),  # cut to 77 words / "This image shows" prefixed
         pa.field("split", s),  # train / bench
         pa.field("model_face_analysis", s),
         pa.field("model_vlm", s),

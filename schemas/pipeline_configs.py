@@ -87,11 +87,24 @@ class MultiIDConfig(PipelineConfig):
     min_det_score: float = 0.5
     min_face_px: int = 32
     min_side_px: int = 256
+    singles: str = "../shared/assets/images/faces/singles"  # a folder per identity, or a list with path, identity
+    groups: str = "../shared/assets/images/faces/groups"  # a folder of group photos, or a list with path
+    max_side: int = 1024  # images are scaled down to this long side
+    min_input_side: int = 32  # smaller inputs are rejects ("too_small")
+    max_image_pixels: int = 89_478_485  # decompression bombs (PIL's default cap)
+    collage_filter: bool = True
+    caption_max_words: int = Field(77, description="app. I.1: at most 77 words")
+    caption_repair: bool = Field(True, description="cut long captions / add 'This image shows' instead of rejecting")
+    holdout_fraction: float = Field(0.1, description="MultiID-Bench: the least frequent identities held out")
+    holdout_count: int | None = None  # overrides holdout_fraction
+    write_names: bool = False  # bank/names.json: identity_id -> name (the paper keeps no names)
+    caption_max_new_tokens: int = 128
     face_analysis: ModelSpec = ModelSpec(model="buffalo_l", dtype="float32")
     vlm: ModelSpec = ModelSpec(model="Qwen/Qwen2.5-VL-7B-Instruct")
 
     def output_fields(self) -> dict:
-        return self.model_dump(include={"seed", "dbscan_eps", "dbscan_min_samples", "min_references"}) | {
+        return self.model_dump(include={"seed", "dbscan_eps", "dbscan_min_samples", "min_references", "max_side",
+                                        "retrieval_threshold_low", "retrieval_threshold_high"}) | {
             "models": [self.face_analysis.model, self.vlm.model]}
 
 

@@ -21,14 +21,21 @@ def similarities(faces: np.ndarray, centers: np.ndarray) -> np.ndarray:
 
 def top1(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per face: the best identity, its similarity and the margin to the second best (the margin is
-    the similarity itself with a one-identity bank)."""
+    the similarity itself with a one-identity bank). Two argmax passes, not a sort: on 1M faces x
+    3,000 centers a full argsort took 83% of retrieval time (benchmarks/multiid.py). The best entry
+    is masked in place for the second pass and restored, so `sim` is unchanged on return."""
     n, k = sim.shape
     if k == 0:
         return np.full(n, UNASSIGNED), np.zeros(n, np.float32), np.zeros(n, np.float32)
-    order = np.argsort(-sim, axis=1)
-    best = sim[np.arange(n), order[:, 0]]
-    second = sim[np.arange(n), order[:, 1]] if k > 1 else np.zeros(n, np.float32)
-    return order[:, 0], best.astype(np.float32), (best - second).astype(np.float32)
+    rows = np.arange(n)
+    ident = sim.argmax(axis=1)
+    best = sim[rows, ident].copy()
+    if k == 1:
+        return ident, best.astype(np.float32), best.astype(np.float32)
+    sim[rows, ident] = -np.inf
+    second = sim.max(axis=1)
+    sim[rows, ident] = best
+    return ident, best.astype(np.float32), (best - second).astype(np.float32)
 
 
 def assign(sim: np.ndarray, threshold: float) -> np.ndarray:

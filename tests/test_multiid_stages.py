@@ -66,6 +66,9 @@ def test_top1_and_margin():
     assert ident.tolist() == [1, 2]
     np.testing.assert_allclose(best, [0.7, 0.3])
     np.testing.assert_allclose(margin, [0.2, 0.2], atol=1e-6)
+    assert sim.tolist() == np.array([[0.2, 0.7, 0.5], [0.1, 0.05, 0.3]], np.float32).tolist()  # restored
+    ident, best, margin = top1(np.array([[0.4], [0.6]], np.float32))  # a one-identity bank
+    assert ident.tolist() == [0, 0] and margin.tolist() == best.tolist()
 
 
 def test_assignment_is_one_to_one_and_thresholded():
