@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from schemas.batch import rows_of
 from schemas.contract import encode_member
 from schemas.registry import get_schema
 from stages.keys import sample_key
@@ -40,3 +41,14 @@ def plain(v):
     if isinstance(v, (float, np.floating)):
         return float(np.float32(v))
     return v.item() if isinstance(v, np.generic) else v
+
+
+def noise(h, w, c=3, seed=0):
+    """A random uint8 image (c=None: HxW)."""
+    shape = (h, w) if c is None else (h, w, c)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def by_key(table):
+    """A worker's output batch as {key: row}."""
+    return {r["key"]: r for r in rows_of(table)}

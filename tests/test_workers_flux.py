@@ -9,6 +9,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from schemas.batch import Reject, batch_of, rows_of  # noqa: E402
+from tests.helpers import by_key, noise  # noqa: E402
 from schemas.contract import as_rgb  # noqa: E402
 from workers import inpainting, text_to_image  # noqa: E402
 from workers.inpainting import Inpainting, dilate, feather  # noqa: E402
@@ -27,15 +28,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def noise(h, w, c=3, seed=0):
-    shape = (h, w) if c is None else (h, w, c)
-    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-
-
-def by_key(table):
-    return {r["key"]: r for r in rows_of(table)}
 
 
 def reasons(out):

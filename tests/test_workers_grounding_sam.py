@@ -8,7 +8,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from schemas.batch import batch_of, rows_of  # noqa: E402
+from schemas.batch import batch_of  # noqa: E402
+from tests.helpers import by_key  # noqa: E402
 from workers import grounding, segmentation  # noqa: E402
 from workers.grounding import Grounding, caption_of, phrases_of  # noqa: E402
 from workers.segmentation import Segmentation, boxes_of, resolve  # noqa: E402
@@ -43,10 +44,6 @@ def dino(dino_dir):
 @pytest.fixture(scope="module")
 def sam(sam_dir):
     return Segmentation(str(sam_dir), stage="segment")
-
-
-def by_key(table):
-    return {r["key"]: r for r in rows_of(table)}
 
 
 def reasons(out):

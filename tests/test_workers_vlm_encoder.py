@@ -9,20 +9,12 @@ from PIL import Image
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from schemas.batch import batch_of, rows_of  # noqa: E402
+from schemas.batch import batch_of  # noqa: E402
+from tests.helpers import by_key, noise  # noqa: E402
 from schemas.contract import as_rgb  # noqa: E402
 from workers import image_encoder, vlm  # noqa: E402
 from workers.image_encoder import ImageEncoder  # noqa: E402
 from workers.vlm import VLM  # noqa: E402
-
-
-def noise(h, w, c=3, seed=0):
-    shape = (h, w) if c is None else (h, w, c)
-    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-
-
-def by_key(table):
-    return {r["key"]: r for r in rows_of(table)}
 
 
 def reasons(out):
