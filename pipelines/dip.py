@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import ray
 
-from schemas.batch import batch_of, run_rows
+from schemas.batch import batch_of, cpu_stage
 from schemas.dip import SCHEMA
 from schemas.job import drop_committed, parse_args, start_ray, write
 from schemas.pipeline_configs import DIPConfig, ModelSpec
@@ -29,7 +29,7 @@ from stages.keys import sample_key
 from stages.photos import dreambench_pairs, load_image
 from workers import tiny
 from workers.background_removal import BackgroundRemoval
-from workers.base import pool_args
+from workers.base import model_stage
 from workers.grounding import Grounding
 from workers.image_encoder import ImageEncoder
 from workers.inpainting import Inpainting
@@ -150,10 +150,7 @@ def build(cfg: DIPConfig, out: str, workers: dict | None = None) -> tuple[ray.da
     print(f"dip: {len(rows)} inputs, {done} keys already committed")
     steps = plan(cfg, workers)
     for s in steps:
-        if s.fn is not None:
-            ds = ds.map_batches(partial(run_rows, s.name, s.fn), batch_size=8, batch_format="pyarrow")
-        else:
-            ds = ds.map_batches(s.cls, batch_format="pyarrow", **pool_args(s.cls, s.spec, stage=s.name, **s.kwargs))
+        ds = cpu_stage(ds, s.name, s.fn) if s.fn is not None else model_stage(ds, s.cls, s.spec, s.name, **s.kwargs)
     return ds, [s.name for s in steps]
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from schemas.batch import batch_of, is_rejected, reject, rows_of, run_rows
+from schemas.batch import batch_of, cpu_stage, is_rejected, reject, rows_of
 from schemas.job import dataset_uri, drop_committed, parse_args, start_ray, write
 from schemas.multiid import REFS_SCHEMA, SCHEMA
 from schemas.pipeline_configs import MultiIDConfig
@@ -35,26 +35,22 @@ from stages.encode import encode_members
 from stages.keys import sample_key
 from stages.prompts import CAPTION_SYSTEM_PROMPT
 from workers import tiny
-from workers.base import pool_args
+from workers.base import model_stage
 from workers.face_analysis import FaceAnalysis
 from workers.vlm import VLM
 
-BANK_COLUMNS = ("key", "identity", "embedding")
-
-
 def cpu(ds, name, fn, stages):
     stages.append(name)
-    return ds.map_batches(partial(run_rows, name, fn), batch_size=8, batch_format="pyarrow")
+    return cpu_stage(ds, name, fn)
 
 
 def faces(ds, cfg, stages, workers):
-    cls = (workers or {}).get("face_analysis", FaceAnalysis)
     stages.append("faces")
-    return ds.map_batches(cls, batch_format="pyarrow",
-                          **pool_args(cls, cfg.face_analysis, stage="faces", image_column="image"))
+    cls = (workers or {}).get("face_analysis", FaceAnalysis)
+    return model_stage(ds, cls, cfg.face_analysis, "faces", image_column="image")
 
 
-def source(cfg, rows, dataset):
+def source(cfg, rows):
     for r in rows:
         r["key"] = sample_key({"path": r.get("path"), "identity": r.get("identity")}, cfg.output_fields())
         r["input"] = r.get("path")
@@ -67,7 +63,7 @@ def bank_phase(cfg: MultiIDConfig, out: str, workers: dict | None = None) -> tup
     """Faces of every single-person photo -> per-identity DBSCAN -> bank/ and the multiid_refs
     shards. Returns the centers and {identity_id: reference keys}."""
     stages: list[str] = []
-    ds = source(cfg, mid.list_photos(cfg.singles, with_identity=True), REFS_SCHEMA.name)
+    ds = source(cfg, mid.list_photos(cfg.singles, with_identity=True))
     ds = cpu(ds, "load", partial(mid.load, max_side=cfg.max_side, max_pixels=cfg.max_image_pixels,
                                  min_side=cfg.min_input_side), stages)
     ds = faces(ds, cfg, stages, workers)
@@ -134,7 +130,7 @@ def write_bank(cfg: MultiIDConfig, out: str, bank) -> None:
 def group_phase(cfg: MultiIDConfig, out: str, centers: np.ndarray, references: dict, workers=None) -> dict:
     vlm = (workers or {}).get("vlm", VLM)
     stages: list[str] = []
-    ds = source(cfg, mid.list_photos(cfg.groups, with_identity=False), SCHEMA.name)
+    ds = source(cfg, mid.list_photos(cfg.groups, with_identity=False))
     ds, done = drop_committed(ds, out, SCHEMA.name)
     ds = cpu(ds, "load", partial(mid.load, max_side=cfg.max_side, max_pixels=cfg.max_image_pixels,
                                  min_side=cfg.min_input_side), stages)
@@ -148,9 +144,8 @@ def group_phase(cfg: MultiIDConfig, out: str, centers: np.ndarray, references: d
     ds = cpu(ds, "filters", partial(mid.filters, min_side=cfg.min_side_px, collage=cfg.collage_filter), stages)
     ds = cpu(ds, "caption_query", partial(mid.caption_query, seed=cfg.seed), stages)
     stages.append("caption_vlm")
-    ds = ds.map_batches(vlm, batch_format="pyarrow", **pool_args(
-        vlm, cfg.vlm, stage="caption_vlm", images=["image"], prompt="caption_prompt", output="caption_raw",
-        system=CAPTION_SYSTEM_PROMPT, max_new_tokens=cfg.caption_max_new_tokens))
+    ds = model_stage(ds, vlm, cfg.vlm, "caption_vlm", images=["image"], prompt="caption_prompt", output="caption_raw",
+                     system=CAPTION_SYSTEM_PROMPT, max_new_tokens=cfg.caption_max_new_tokens)
     ds = cpu(ds, "caption", partial(mid.caption, max_words=cfg.caption_max_words, repair=cfg.caption_repair), stages)
     ds = ds.materialize()  # the split needs every photo's identities
 

@@ -99,3 +99,10 @@ def run_rows(stage: str, fn: Callable[[dict], dict], batch) -> pa.Table:
         row[TIMING_PREFIX + stage] = time.perf_counter() - t0
         out.append(row)
     return batch_of(out)
+
+
+def cpu_stage(ds, stage: str, fn: Callable[[dict], dict], batch_size: int = 8):
+    """`fn` as a Ray Data CPU stage: a task per batch, so GPU actors never wait on this work."""
+    from functools import partial
+
+    return ds.map_batches(partial(run_rows, stage, fn), batch_size=batch_size, batch_format="pyarrow")

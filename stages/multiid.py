@@ -18,8 +18,7 @@ from stages.prompts import CAPTION_PREFIX, caption_prompt, parse_caption
 from stages.retrieval import UNASSIGNED, assign, similarities, top1
 
 # columns the writer need not see
-SCRATCH = ("path", "face_boxes", "face_kps", "embeddings_all", "caption_prompt", "caption_raw", "identity",
-           "index", "image_bytes")
+SCRATCH = ("path", "face_boxes", "face_kps", "caption_prompt", "caption_raw", "identity")
 
 
 # --- inputs ------------------------------------------------------------------------------------

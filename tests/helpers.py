@@ -52,3 +52,17 @@ def noise(h, w, c=3, seed=0):
 def by_key(table):
     """A worker's output batch as {key: row}."""
     return {r["key"]: r for r in rows_of(table)}
+
+
+def tar_members(dataset_dir) -> dict[str, dict[str, bytes]]:
+    """key -> {member name with extension: bytes} over every committed shard of a local dataset."""
+    import tarfile
+    from pathlib import Path
+
+    samples: dict[str, dict[str, bytes]] = {}
+    for tar in sorted((Path(dataset_dir) / "shards").glob("*.tar")):
+        with tarfile.open(tar) as t:
+            for m in t.getmembers():
+                key, name = m.name.split(".", 1)
+                samples.setdefault(key, {})[name] = t.extractfile(m).read()
+    return samples

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from PIL import Image
 
 from dip_doubles import DOUBLES, NV_EXEMPT, NV_NOT_EXEMPT
 from tests.conftest import ROOT
+from tests.helpers import tar_members
 
 SCRIPTED = ["model: scripted", "dtype: float32", "batch_size: 4", "num_cpus: 0.25"]
 
@@ -30,14 +30,7 @@ def run_dip(ray_local, tmp_path, config: dict, workers=None) -> tuple[dict, str]
 
 
 def members(out: str) -> dict[str, dict[str, bytes]]:
-    """key -> {member name: bytes} over every committed shard."""
-    samples: dict[str, dict[str, bytes]] = {}
-    for tar in sorted((Path(out) / "dip" / "shards").glob("*.tar")):
-        with tarfile.open(tar) as t:
-            for m in t.getmembers():
-                key, name = m.name.split(".", 1)
-                samples.setdefault(key, {})[name] = t.extractfile(m).read()
-    return samples
+    return tar_members(Path(out) / "dip")
 
 
 def image(data: bytes) -> np.ndarray:

@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import ROOT, assets_or_skip
+from tests.helpers import tar_members
 from workers.base import Worker
 from workers.face_analysis import FaceAnalysis
 
@@ -171,7 +172,7 @@ def test_group_photos_identities_captions_split(world):
     # per identity, the keys of its references
     refs = pd.read_parquet(out / "multiid_refs/manifest")
     r = m[m.paired].iloc[0]
-    meta = json.loads(_member(out / "multiid", r.key, "json"))
+    meta = json.loads(tar_members(out / "multiid")[r.key]["json.json"])
     for ident, keys in meta["reference_keys"].items():
         assert set(keys) == set(refs[refs.identity_id == int(ident)].key)
 
@@ -205,15 +206,3 @@ def test_tiny_profile_command(ray_local, tmp_path):
     assert set(reasons.values()) <= {"empty_caption", "refusal"}  # cut and prefixed when possible
     assert all(c.startswith("This image shows") for c in m.caption)
     assert len(load_manifest(str(tmp_path / "out/multiid_refs"))) == 45
-
-
-def _member(dataset: Path, key: str, name: str) -> bytes:
-    import tarfile
-
-    for tar in sorted((dataset / "shards").glob("*.tar")):
-        with tarfile.open(tar) as t:
-            for m in t.getmembers():
-                if m.name.startswith(key + ".") and m.name.endswith("." + name):
-                    return t.extractfile(m).read()
-    raise KeyError(key)
-

@@ -126,3 +126,8 @@ def pool_args(worker_cls: type[Worker], spec, **kwargs) -> dict:
         "compute": ray.data.ActorPoolStrategy(size=spec.concurrency),
         "zero_copy_batch": True,
     }
+
+
+def model_stage(ds, worker_cls: type[Worker], spec, stage: str, **kwargs):
+    """A worker as a Ray Data stage on its fixed-size actor pool (pool_args)."""
+    return ds.map_batches(worker_cls, batch_format="pyarrow", **pool_args(worker_cls, spec, stage=stage, **kwargs))
