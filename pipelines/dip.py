@@ -6,30 +6,27 @@ subject mask M_prior and the complexity map M_d (seed 000, section 4.1 and appen
 """
 from __future__ import annotations
 
-import os
 import sys
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray
 
-from schemas.batch import batch_of, cpu_stage
+from schemas.batch import batch_of
 from schemas.dip import SCHEMA
 from schemas.job import drop_committed, parse_args, start_ray, write
-from schemas.pipeline_configs import DIPConfig, ModelSpec
+from schemas.pipeline_configs import DIPConfig
 from stages import dip
 from stages.catalog import make_prompts, read_prompts
 from stages.encode import encode_members
-from stages.keys import sample_key
+from stages.keys import file_id, sample_key
 from stages.photos import dreambench_pairs, load_image
 from workers import tiny
 from workers.background_removal import BackgroundRemoval
-from workers.base import model_stage
+from workers.base import Step, apply_steps
 from workers.grounding import Grounding
 from workers.image_encoder import ImageEncoder
 from workers.inpainting import Inpainting
@@ -48,7 +45,7 @@ def source_rows(cfg: DIPConfig) -> list[dict]:
     if cfg.source == "photos":
         rows = [dict(p, subjects=[p["subject"]], class_nouns=[p["class_noun"]], n_subjects=1, seed=cfg.seed,
                      input=f"{p['ref_path']} | {p['win_path']}") for p in dreambench_pairs(cfg.photos_root)]
-        inputs = lambda r: {"ref": _file_id(r["ref_path"]), "win": _file_id(r["win_path"]), "prompt": r["prompt"]}
+        inputs = lambda r: {"ref": file_id(r["ref_path"]), "win": file_id(r["win_path"]), "prompt": r["prompt"]}
     else:
         if cfg.source == "prompts":
             rows = read_prompts(cfg.prompts_file)
@@ -59,34 +56,20 @@ def source_rows(cfg: DIPConfig) -> list[dict]:
     return [dict(r, key=sample_key(inputs(r), cfg.output_fields())) for r in rows]
 
 
-def _file_id(path: str | None) -> dict:
-    """A photo's identity for its key: path and size (cheap on the driver; reading every file to
-    hash it would be the driver's largest job)."""
-    st = os.stat(path) if path and os.path.exists(path) else None
-    return {"path": os.path.abspath(path) if path else None, "size": st.st_size if st else None}
-
-
 def load_photos(row: dict, max_side: int) -> dict:
     row["ref"] = load_image(row["ref_path"], max_side)
     row["win"] = load_image(row["win_path"], max_side)
     return row
 
 
-@dataclass
-class Step:
-    """One stage of the DAG: a CPU function on a row (`fn`), or a model worker class and its
-    constructor kwargs (`cls`, `kwargs`, `spec`)."""
-
-    name: str
-    fn: Callable[[dict], dict] | None = None
-    cls: type | None = None
-    spec: ModelSpec | None = None
-    kwargs: dict = field(default_factory=dict)
+def source(cfg: DIPConfig) -> ray.data.Dataset:
+    rows = source_rows(cfg)
+    return ray.data.from_arrow(batch_of(rows)) if rows else ray.data.from_items([])
 
 
 def plan(cfg: DIPConfig, workers: dict | None = None) -> list[Step]:
     """The stages in order; `workers` replaces a role's class (tests drive the gates with doubles).
-    build() runs them as Ray Data stages, benchmarks/dip.py as a bare loop."""
+    build() runs them as Ray Data stages, benchmarks/pipelines.py as a bare loop."""
     w = dict(WORKERS, **(workers or {}))
     steps: list[Step] = []
 
@@ -145,13 +128,10 @@ def plan(cfg: DIPConfig, workers: dict | None = None) -> list[Step]:
 def build(cfg: DIPConfig, out: str, workers: dict | None = None) -> tuple[ray.data.Dataset, list[str]]:
     """The Ray Data DAG of plan(): CPU steps as tasks (GPU actors never wait on them), model steps
     on fixed-size actor pools; resume drops committed keys before any of it."""
-    rows = source_rows(cfg)
-    ds, done = drop_committed(ray.data.from_arrow(batch_of(rows)) if rows else ray.data.from_items([]), out, SCHEMA.name)
-    print(f"dip: {len(rows)} inputs, {done} keys already committed")
+    ds, done = drop_committed(source(cfg), out, SCHEMA.name)
+    print(f"dip: {ds.count() + done} inputs, {done} keys already committed")
     steps = plan(cfg, workers)
-    for s in steps:
-        ds = cpu_stage(ds, s.name, s.fn) if s.fn is not None else model_stage(ds, s.cls, s.spec, s.name, **s.kwargs)
-    return ds, [s.name for s in steps]
+    return apply_steps(ds, steps), [s.name for s in steps]
 
 
 def manifest_fields(cfg: DIPConfig) -> dict:

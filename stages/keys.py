@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 
@@ -31,3 +32,15 @@ def sample_key(inputs, output_config: dict) -> str:
     payload = json.dumps({"in": _canonical(inputs), "cfg": _canonical(output_config)}, sort_keys=True,
                          separators=(",", ":"), default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def file_id(path) -> dict | None:
+    """A file's identity for a key: absolute path and size (cheap on the driver; hashing every file
+    would be the driver's largest job). Bytes are hashed by sample_key itself."""
+    if path is None:
+        return None
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        return {"sha256": hashlib.sha256(bytes(path)).hexdigest()}
+    path = os.fspath(path)
+    size = os.stat(path).st_size if os.path.isfile(path) else None
+    return {"path": os.path.abspath(path) if "://" not in path else path, "size": size}

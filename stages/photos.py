@@ -54,26 +54,21 @@ def dreambench_pairs(root, pairs_per_subject: int = 1) -> list[dict]:
     """Same-subject photo pairs, `pairs_per_subject` per subject (at most n(n-1) for n photos):
     {"subject", "class_noun", "category", "ref_path", "win_path", "prompt"}.
 
-    Deterministic: photos in name order; pair k of a subject with n photos is the k-th of the
-    ordered pairs (i, (i + d) % n) for d = 1, 2, ... and i = 0..n-1 (neighbours first, each photo a
-    reference once before any repeats). The prompt cycles through its group's 25 prompts across
+    Deterministic: photos in name order, pairs in pair_order. The prompt cycles through its group's 25 prompts across
     subjects and pairs. A subject with fewer than two photos still gets a row, with win_path None,
     so the loader rejects it ("missing_file") instead of it disappearing silently."""
     root = Path(root)
     classes, prompts = read_prompts_and_classes(root / "prompts_and_classes.txt")
-    subjects = sorted(p for p in root.iterdir() if p.is_dir())
     pairs = []
-    for s_idx, folder in enumerate(subjects):
-        photos = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        class_noun = classes.get(folder.name, folder.name.replace("_", " "))
+    for s_idx, (name, photos) in enumerate(subject_folders(root)):
+        class_noun = classes.get(name, name.replace("_", " "))
         live = class_noun in LIVE_CLASSES
         templates = prompts["live" if live else "object"]
         n = len(photos)
-        order = [(i, (i + d) % n) for d in range(1, n) for i in range(n)] or [(0, None)]
-        for k, (i, j) in enumerate(order[: max(1, pairs_per_subject)]):
+        for k, (i, j) in enumerate(pair_order(n, pairs_per_subject)):
             template = templates[(s_idx * pairs_per_subject + k) % len(templates)]
             pairs.append({
-                "subject": folder.name,
+                "subject": name,
                 "class_noun": class_noun,
                 "category": "animal" if live else "object",
                 "ref_path": photos[i] if n else None,
@@ -83,15 +78,34 @@ def dreambench_pairs(root, pairs_per_subject: int = 1) -> list[dict]:
     return pairs
 
 
+def pair_order(n: int, k: int) -> list[tuple[int, int | None]]:
+    """The first k (reference, target) index pairs of n photos of one subject: (i, (i + d) % n) for
+    d = 1, 2, ... and i = 0..n-1, neighbours first and each photo a reference once before any
+    repeats; [(0, None)] when there are fewer than two photos (the row is kept, to be rejected)."""
+    order = [(i, (i + d) % n) for d in range(1, n) for i in range(n)]
+    return order[: max(1, k)] if order else [(0, None)]
+
+
+def subject_folders(root) -> list[tuple[str, list[str]]]:
+    """(folder name, its image paths in name order) for each sub-folder of root, in name order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    return [(d.name, sorted(str(p) for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS))
+            for d in sorted(x for x in root.iterdir() if x.is_dir())]
+
+
 # --- loading -----------------------------------------------------------------------------------
 
-def load_image(path_or_bytes, max_side: int = 1024, min_side: int = 16, max_pixels: int | None = None) -> np.ndarray:
+def load_image(path_or_bytes, max_side: int = 1024, min_side: int = 16, max_pixels: int | None = None,
+               side_multiple: int = SIDE_MULTIPLE) -> np.ndarray:
     """A file path or encoded bytes -> uint8 HxWx3 RGB, ready for FLUX and M_d.
 
     - EXIF orientation applied; alpha composited on white (schemas.contract.as_rgb).
     - Long side scaled down to <= max_side (aspect kept, Lanczos); never scaled up.
-    - Then each side is rounded down to a multiple of 16 by a center crop of at most 15 px
-      (the top / left get the smaller half), so FLUX and the 16 px complexity grid fit exactly.
+    - Then each side is rounded down to a multiple of 16 (`side_multiple`) by a center crop of at
+      most 15 px (the top / left get the smaller half), so FLUX and the 16 px complexity grid fit
+      exactly; side_multiple=1 keeps every pixel.
     Rejects: "missing_file" (None, no such file), "unreadable_file" (permissions, a directory),
     "corrupt_image" (not an image, truncated), "decompression_bomb" (more than max_pixels pixels;
     default PIL's Image.MAX_IMAGE_PIXELS, read at call time; checked from the header before any
@@ -125,10 +139,21 @@ def load_image(path_or_bytes, max_side: int = 1024, min_side: int = 16, max_pixe
         # truncated data and bad headers surface as OSError / SyntaxError from PIL's plugins
         raise Reject("corrupt_image", f"{type(e).__name__}: {e}") from None
     arr = as_rgb(arr, min_side=1)
-    arr = _crop_to_multiple(arr, SIDE_MULTIPLE)
+    arr = _crop_to_multiple(arr, side_multiple)
     if min(arr.shape[:2]) < max(min_side, SIDE_MULTIPLE):
         raise Reject("too_small", f"{arr.shape[1]}x{arr.shape[0]} after resizing to max side {max_side}")
     return arr
+
+
+def fit_image(arr: np.ndarray, max_side: int) -> np.ndarray:
+    """An array image as load_image leaves a file: long side scaled down to <= max_side (Lanczos),
+    sides cropped to multiples of 16."""
+    h, w = arr.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        arr = np.asarray(Image.fromarray(arr).resize(size, Image.LANCZOS))
+    return _crop_to_multiple(arr, SIDE_MULTIPLE)
 
 
 def _read_bytes(path_or_bytes) -> bytes:

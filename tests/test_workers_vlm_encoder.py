@@ -194,6 +194,38 @@ def test_dinov2_embeddings_patches_and_pair_cosine(dinov2_dir):
     assert alone["cosine"] == pytest.approx(out["diff"]["cosine"], abs=1e-5)
 
 
+def test_views_per_row_with_the_whole_view_resized(dinov2_dir):
+    """UPER's R_sub: a list of views per row; view k of `image` against view k of `image_b`, each
+    resized whole to the model's input (no centre crop), chunked through the model."""
+    import torch
+    from transformers import AutoModel
+
+    views_a = [noise(224, 224, seed=i) for i in range(5)]
+    views_b = [views_a[0].copy()] + [noise(224, 224, seed=10 + i) for i in range(4)]
+    w = ImageEncoder(str(dinov2_dir), stage="subject_reward", image="a", image_b="b", cosine="cosines",
+                     fit="resize", views_per_forward=3, device="cpu")
+    rows = [{"key": "views", "a": views_a, "b": views_b}, {"key": "short", "a": views_a, "b": views_b[:2]},
+            {"key": "none", "a": [], "b": []}]
+    out = by_key(w(batch_of(rows)))
+    assert reasons(out) == {"short": ("subject_reward", "bad_image"), "none": ("subject_reward", "missing_image")}
+    cos, emb = out["views"]["cosines"], out["views"]["embedding"]
+    assert cos.shape == (5,) and emb.shape == (5, 32) and cos[0] == pytest.approx(1.0, abs=1e-5)
+    # each cosine is that of the two views' CLS tokens, the views resized to 56 x 56 uncropped
+    model = AutoModel.from_pretrained(str(dinov2_dir)).eval()
+    side = w.processor.crop_size["height"]
+    pixels = w.processor(images=views_a + views_b, return_tensors="pt", do_center_crop=False,
+                         size={"height": side, "width": side})["pixel_values"]
+    assert pixels.shape[-2:] == (side, side)
+    with torch.no_grad():
+        cls = torch.nn.functional.normalize(model(pixel_values=pixels).pooler_output, dim=-1).numpy()
+    np.testing.assert_allclose(cos, (cls[:5] * cls[5:]).sum(-1), atol=1e-5)
+    cropped = ImageEncoder(str(dinov2_dir), image="a", image_b="b", device="cpu")  # centre crop: other pixels
+    other = by_key(cropped(batch_of([{"key": "k", "a": views_a[1], "b": views_b[1]}])))["k"]["cosine"]
+    assert other != pytest.approx(cos[1], abs=1e-6)
+    with pytest.raises(ValueError, match="fit"):
+        ImageEncoder(str(dinov2_dir), fit="pad")
+
+
 def test_dinov2_rejects_text_similarity(dinov2_dir):
     with pytest.raises(ValueError, match="CLIP"):
         ImageEncoder(str(dinov2_dir), text="caption")

@@ -11,8 +11,10 @@ and subclasses implement only `check(row)` (input validation, raising Reject) an
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
-from schemas.batch import Reject, batch_of, is_rejected, reject, rows_of
+from schemas.batch import Reject, batch_of, cpu_stage, is_rejected, reject, rows_of
 from schemas.contract import TIMING_PREFIX, as_rgb
 
 
@@ -131,3 +133,22 @@ def pool_args(worker_cls: type[Worker], spec, **kwargs) -> dict:
 def model_stage(ds, worker_cls: type[Worker], spec, stage: str, **kwargs):
     """A worker as a Ray Data stage on its fixed-size actor pool (pool_args)."""
     return ds.map_batches(worker_cls, batch_format="pyarrow", **pool_args(worker_cls, spec, stage=stage, **kwargs))
+
+
+@dataclass
+class Step:
+    """One stage of a pipeline's DAG: a CPU function on a row (`fn`), or a model worker class, its
+    ModelSpec and constructor kwargs (`cls`, `spec`, `kwargs`)."""
+
+    name: str
+    fn: Callable[[dict], dict] | None = None
+    cls: type | None = None
+    spec: object = None
+    kwargs: dict = field(default_factory=dict)
+
+
+def apply_steps(ds, steps: list[Step]):
+    """The steps as Ray Data stages, in order: CPU steps as tasks, model steps on actor pools."""
+    for s in steps:
+        ds = cpu_stage(ds, s.name, s.fn) if s.fn is not None else model_stage(ds, s.cls, s.spec, s.name, **s.kwargs)
+    return ds

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.batch import Reject
 from workers.base import Worker, image_of, text_of, torch_dtype
 
 DINOV2 = ("dinov2", "dinov2_with_registers")
@@ -24,7 +25,14 @@ class ImageEncoder(Worker):
     `patches=True` also `patch_embeddings` float32 [N, D_vision], the patch tokens in raster
     order; with `image_b`, `cosine` float32 between the two global embeddings; with `text` (CLIP
     only), `text_similarity` float32, the cosine of image_embeds and text_embeds (CLIP's logit
-    before its temperature)."""
+    before its temperature).
+
+    An image column may hold a list of views per row (UPER's R_sub: whole image, grid patches,
+    crops); then `embedding` is [n, D] and `cosine` [n], view k of `image` against view k of
+    `image_b`, all views of a batch embedded `views_per_forward` at a time. `embedding=None`
+    leaves the embeddings out of the row. `fit="crop"` is the processor's own resize and centre
+    crop; `fit="resize"` resizes the whole view to the model's input size, so no pixel of a patch
+    is cut away."""
 
     role = "image_encoder"
 
@@ -32,7 +40,8 @@ class ImageEncoder(Worker):
                  dtype: str = "bfloat16", device: str | None = None, image: str = "image",
                  image_b: str | None = None, text: str | None = None, patches: bool = False,
                  embedding: str = "embedding", patch_embeddings: str = "patch_embeddings",
-                 cosine: str = "cosine", text_similarity: str = "text_similarity"):
+                 cosine: str = "cosine", text_similarity: str = "text_similarity", fit: str = "crop",
+                 views_per_forward: int = 256):
         super().__init__(model, stage=stage, dtype=dtype, device=device)
         import torch
         from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
@@ -42,7 +51,10 @@ class ImageEncoder(Worker):
             raise ValueError(f"{model}: model type {self.kind!r} is neither DINOv2 nor CLIP")
         if text and self.kind != "clip":
             raise ValueError(f"{model}: image-text similarity needs a CLIP model, not {self.kind}")
+        if fit not in ("crop", "resize"):
+            raise ValueError(f"fit must be 'crop' or 'resize', not {fit!r}")
         self.image, self.image_b, self.text, self.patches = image, image_b, text, patches
+        self.fit, self.views_per_forward = fit, views_per_forward
         self.out = {"embedding": embedding, "patches": patch_embeddings, "cosine": cosine,
                     "text_similarity": text_similarity}
         self.processor = AutoImageProcessor.from_pretrained(model)
@@ -51,9 +63,12 @@ class ImageEncoder(Worker):
         self._torch = torch
 
     def check(self, row: dict) -> dict:
-        x = {"image": image_of(row, self.image)}
+        x = {"image": _views(row, self.image)}
         if self.image_b:
-            x["image_b"] = image_of(row, self.image_b)
+            x["image_b"] = _views(row, self.image_b)
+            if isinstance(x["image"], list) != isinstance(x["image_b"], list) or (
+                    isinstance(x["image"], list) and len(x["image"]) != len(x["image_b"])):
+                raise Reject("bad_image", f"{self.image} and {self.image_b} do not have the same views")
         if self.text:
             x["text"] = text_of(row, self.text)
         return x
@@ -61,7 +76,11 @@ class ImageEncoder(Worker):
     def encode_images(self, images: list[np.ndarray]):
         """(L2-normalised global embeddings [B, D], patch tokens [B, N, D_vision])."""
         torch = self._torch
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        kwargs = {}
+        if self.fit == "resize":
+            crop = self.processor.crop_size
+            kwargs = {"do_center_crop": False, "size": {"height": crop["height"], "width": crop["width"]}}
+        pixels = self.processor(images=images, return_tensors="pt", **kwargs)["pixel_values"]
         pixels = pixels.to(self.device, self.model.dtype)
         if self.kind == "clip":
             out = self.model.vision_model(pixel_values=pixels)
@@ -84,13 +103,15 @@ class ImageEncoder(Worker):
         return torch.nn.functional.normalize(self.model.text_projection(out.pooler_output).float(), dim=-1)
 
     def predict(self, inputs: list[dict]) -> list[dict]:
+        if isinstance(inputs[0]["image"], list):
+            return self.predict_views(inputs)
         n = len(inputs)
         images = [x["image"] for x in inputs] + [x["image_b"] for x in inputs if self.image_b]
         with self._torch.inference_mode():
             glob, patches = self.encode_images(images)
             text = self.encode_texts([x["text"] for x in inputs]) if self.text else None
         glob_np = glob.cpu().numpy().astype(np.float32)
-        out = [{self.out["embedding"]: glob_np[i]} for i in range(n)]
+        out = [{self.out["embedding"]: glob_np[i]} if self.out["embedding"] else {} for i in range(n)]
         if self.patches:
             patches_np = patches[:n].cpu().numpy().astype(np.float32)
             for i in range(n):
@@ -104,6 +125,39 @@ class ImageEncoder(Worker):
             for i in range(n):
                 out[i][self.out["text_similarity"]] = sim[i]
         return out
+
+    def predict_views(self, inputs: list[dict]) -> list[dict]:
+        """Rows of view lists: every view of the batch through the model in chunks, then split."""
+        if any(not isinstance(x["image"], list) for x in inputs):
+            raise ValueError("a batch mixes rows of single images and rows of views")
+        images = [v for x in inputs for v in x["image"] + (x["image_b"] if self.image_b else [])]
+        chunks = []
+        with self._torch.inference_mode():
+            for i in range(0, len(images), self.views_per_forward):
+                chunks.append(self.encode_images(images[i:i + self.views_per_forward])[0].cpu().numpy())
+        glob = np.concatenate(chunks).astype(np.float32)
+        out, i = [], 0
+        for x in inputs:
+            n = len(x["image"])
+            a = glob[i:i + n]
+            row = {self.out["embedding"]: a} if self.out["embedding"] else {}
+            if self.image_b:
+                b = glob[i + n:i + 2 * n]
+                row[self.out["cosine"]] = (a * b).sum(-1).astype(np.float32)
+                i += n
+            out.append(row)
+            i += n
+        return out
+
+
+def _views(row: dict, column: str):
+    """One image, or a list of them when the column holds views."""
+    value = row.get(column)
+    if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype == object):
+        if len(value) == 0:
+            raise Reject("missing_image", f"{column}: no views")
+        return [image_of({column: v}, column) for v in value]
+    return image_of(row, column)
 
 
 def build_tiny(directory, seed: int = 0, kind: str = "dinov2") -> Path:

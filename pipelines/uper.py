@@ -1,0 +1,137 @@
+"""UPER: SFT pairs with the reference on a white background, checked by a VLM, scored by the subject
+reward R_sub (seed 001, sections 3.2.1 and 3.1.3, appendices B.1 and B.4).
+
+    python pipelines/uper.py --config configs/uper.tiny.yaml --out ./out
+    ray job submit --working-dir . -- python pipelines/uper.py --config configs/uper.gpu.yaml --out s3://bucket/uper
+"""
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ray
+
+from schemas.batch import batch_of, rows_of
+from schemas.job import drop_committed, parse_args, start_ray, write
+from schemas.pipeline_configs import UPERConfig
+from schemas.reader import resolve_shards
+from schemas.uper import SCHEMA
+from stages import uper
+from stages.encode import encode_members
+from stages.keys import sample_key
+from workers import tiny
+from workers.background_removal import BackgroundRemoval
+from workers.base import Step, apply_steps
+from workers.image_encoder import ImageEncoder
+from workers.vlm import VLM
+
+WORKERS = {"background_removal": BackgroundRemoval, "vlm": VLM, "image_encoder": ImageEncoder}
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+def source(cfg: UPERConfig) -> ray.data.Dataset:
+    """The input pairs as a Dataset with `key` and `input`: photo folders are listed on the driver;
+    lists and DIP shards are read by Ray Data in parallel (a Subjects200K parquet is 100s of GB:
+    the driver never holds it)."""
+    if cfg.source == "photos":
+        rows = uper.photo_pairs(cfg.photos_root, cfg.pairs_per_subject)
+        ds = ray.data.from_arrow(batch_of(rows)) if rows else ray.data.from_items([])
+    elif cfg.source in ("pairs", "diptych"):
+        ds = read_list(cfg.pairs)
+    elif cfg.source == "dip":
+        if not cfg.dip_dir:
+            raise ValueError("source: dip needs `dip_dir` (OUT/dip of pipelines/dip.py)")
+        fs, shards = resolve_shards(cfg.dip_dir)
+        if not shards:
+            raise ValueError(f"{cfg.dip_dir}: no committed DIP shards")
+        ds = ray.data.read_webdataset(shards, filesystem=fs, decoder=None, include_paths=False)
+    else:
+        raise ValueError(f"source must be photos, pairs, diptych or dip, not {cfg.source!r}")
+    base = str(Path(cfg.pairs).parent) if cfg.pairs and "://" not in cfg.pairs else None
+    return ds.map_batches(partial(keyed, cfg=cfg, base=base), batch_format="pyarrow")
+
+
+def read_list(path: str | None) -> ray.data.Dataset:
+    if not path:
+        raise ValueError("source: pairs / diptych needs `pairs` (a .parquet, .jsonl or .csv list)")
+    if path.endswith(".parquet") or Path(path).is_dir():
+        return ray.data.read_parquet(path)
+    if path.endswith((".jsonl", ".ndjson", ".json")):
+        return ray.data.read_json(path, lines=True)
+    if path.endswith(".csv"):
+        return ray.data.read_csv(path)
+    raise ValueError(f"{path}: expected .parquet, .jsonl or .csv")
+
+
+def keyed(batch, cfg: UPERConfig, base: str | None):
+    """Each input row in the pipeline's columns, with its content key. Nothing is rejected here
+    (a reject needs its key first); load_pair rejects what is missing."""
+    out = []
+    for raw in rows_of(batch):
+        row, inputs = uper.pair_row(raw, cfg.source, base)
+        row["key"] = sample_key(inputs, cfg.output_fields())
+        out.append(row)
+    return batch_of(out)
+
+
+# --- the DAG -------------------------------------------------------------------------------------
+
+def plan(cfg: UPERConfig, workers: dict | None = None) -> list[Step]:
+    """The stages in order; `workers` replaces a role's class (tests use doubles)."""
+    w = dict(WORKERS, **(workers or {}))
+
+    def model(name, role, **kwargs):
+        return Step(name, cls=w[role], spec=getattr(cfg, role), kwargs=kwargs)
+
+    vlm = dict(max_new_tokens=cfg.vlm_max_new_tokens)
+    return [
+        Step("single_subject", fn=uper.single_subject),
+        Step("load", fn=partial(uper.load_pair, max_side=cfg.max_side, diptych_padding=cfg.diptych_padding)),
+        model("remove_background", "background_removal", image_column="ref", prefix="ref_"),
+        Step("foreground", fn=partial(uper.foreground_gate, fg_min=cfg.fg_fraction_min, fg_max=cfg.fg_fraction_max)),
+        Step("attributes_query", fn=partial(uper.attributes_query, max_attributes=cfg.max_attributes)),
+        model("attributes", "vlm", images=["ref_clean"], prompt="attributes_prompt", output="attributes_raw", **vlm),
+        Step("rating_query", fn=partial(uper.rating_query, max_attributes=cfg.max_attributes, qa=cfg.qa)),
+        model("rating", "vlm", images=["ref_clean", "target"], prompt="rating_prompt", output="rating_raw", **vlm),
+        Step("rating_gate", fn=partial(uper.rating_gate, rating_min=cfg.rating_min, qa=cfg.qa)),
+        Step("reward_views", fn=partial(uper.subject_reward_views, size=cfg.r_sub_size, patch=cfg.patch_size,
+                                        stride=cfg.patch_stride, crops=cfg.random_crops,
+                                        crop_size=cfg.random_crop_size, seed=cfg.seed)),
+        model("subject_reward", "image_encoder", image="rsub_ref", image_b="rsub_target", cosine="rsub_cosines",
+              embedding=None, fit="resize"),
+        Step("reward_scores", fn=partial(uper.subject_reward_scores, weights=cfg.r_sub_weights,
+                                         copy_paste_similarity=cfg.copy_paste_similarity,
+                                         copy_paste_penalty=cfg.copy_paste_penalty)),
+        Step("finalize", fn=partial(uper.finalize, fields=manifest_fields(cfg), keep_ref=cfg.keep_original_ref)),
+        Step("encode", fn=partial(encode_members, schema=SCHEMA)),
+    ]
+
+
+def manifest_fields(cfg: UPERConfig) -> dict:
+    return {"source": cfg.source, "qa": "enabled" if cfg.qa else "disabled", "rating_threshold": cfg.rating_min,
+            "model_background_removal": cfg.background_removal.model, "model_vlm": cfg.vlm.model,
+            "model_image_encoder": cfg.image_encoder.model}
+
+
+def build(cfg: UPERConfig, out: str, workers: dict | None = None) -> tuple[ray.data.Dataset, list[str]]:
+    ds, done = drop_committed(source(cfg), out, SCHEMA.name)
+    print(f"uper: {cfg.source} inputs, {done} keys already committed")
+    steps = plan(cfg, workers)
+    return apply_steps(ds, steps), [s.name for s in steps]
+
+
+def main(argv=None, workers: dict | None = None) -> dict:
+    cfg, out = parse_args(__doc__.splitlines()[0], UPERConfig, argv)
+    tiny.ensure_for(cfg)  # tiny profile: build the random-weight models the config points at
+    start_ray(cfg)
+    ds, stages = build(cfg, out, workers)
+    return write(ds, out, SCHEMA, cfg, stages)
+
+
+if __name__ == "__main__":
+    main()
