@@ -54,3 +54,59 @@ def dip_photos(ray_local, tmp_path_factory):
     out = tmp / "out"
     info = dip.main(["--config", str(path), "--out", str(out)])
     return info, str(out), config
+
+
+# --- the tiny profile of each pipeline, run once per session ------------------------------------
+# The pipeline tests check these runs; the trainer tests train on their shards.
+
+def tiny_config(name: str, tmp: Path, **overrides) -> Path:
+    """configs/<name>.tiny.yaml with the repo's tiny-model cache and ../shared/assets as absolute
+    paths (tests run from anywhere), plus overrides."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs" / f"{name}.tiny.yaml").read_text())
+    for value in cfg.values():
+        if isinstance(value, dict) and str(value.get("model", "")).startswith("out/tiny-models"):
+            value["model"] = str(ROOT / value["model"])
+    for key in ("photos_root", "singles", "groups"):
+        if key in cfg:
+            cfg[key] = str(assets_or_skip() / str(cfg[key]).removeprefix("../shared/assets/"))
+    if "face_analysis" in cfg:
+        cfg["face_analysis"]["model"] = str(assets_or_skip() / "models/insightface_pack")
+    cfg.update(overrides)
+    path = tmp / f"{name}.tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_tiny(name: str, tmp_path_factory, **overrides) -> tuple[dict, str, dict]:
+    """`python pipelines/<name>.py --config configs/<name>.tiny.yaml --out OUT` in this process:
+    (dataset.json info, OUT, the config as run)."""
+    import importlib
+
+    import yaml
+
+    tmp = tmp_path_factory.mktemp(f"{name}_tiny")
+    path = tiny_config(name, tmp, **overrides)
+    info = importlib.import_module(f"pipelines.{name}").main(["--config", str(path), "--out", str(tmp / "out")])
+    return info, str(tmp / "out"), yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def dip_tiny(ray_local, tmp_path_factory):
+    return run_tiny("dip", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def uper_tiny(ray_local, tmp_path_factory):
+    return run_tiny("uper", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def iapo_tiny(ray_local, tmp_path_factory):
+    return run_tiny("iapo", tmp_path_factory, max_pairs=6)
+
+
+@pytest.fixture(scope="session")
+def multiid_tiny(ray_local, tmp_path_factory):
+    return run_tiny("multiid", tmp_path_factory)

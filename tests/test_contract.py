@@ -89,7 +89,7 @@ def test_every_profile_loads_into_its_typed_config():
 
     classes = dict(PIPELINE_CONFIGS, synthetic=SyntheticConfig)
     files = sorted((ROOT / "configs").glob("*.yaml"))
-    assert {f.name.split(".")[0] for f in files} == {"dip", "multiid", "uper", "iapo", "synthetic"}
+    assert {f.name.split(".")[0] for f in files} == {"dip", "multiid", "uper", "iapo", "synthetic", "train"}
     for f in files:
         pipeline = f.name.split(".")[0]
         cfg = load_config(classes[pipeline], f)

@@ -8,13 +8,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 
 from dip_doubles import DOUBLES, NV_EXEMPT, NV_NOT_EXEMPT
-from tests.conftest import ROOT
 from tests.helpers import tar_members
 
 SCRIPTED = ["model: scripted", "dtype: float32", "batch_size: 4", "num_cpus: 0.25"]
@@ -156,18 +154,11 @@ def _config_of(out: str) -> Path:
 # the tiny profile: random-weight models, gates off
 
 
-def test_tiny_profile_run(ray_local, tmp_path):
+def test_tiny_profile_run(dip_tiny):
     """The issue's command, on the CPU: >= 16 quadruplets that validate."""
-    from pipelines import dip
     from schemas import load_manifest, load_rejects, validate
 
-    config = yaml.safe_load((ROOT / "configs" / "dip.tiny.yaml").read_text())
-    for role in ("text_to_image", "inpainting", "grounding", "segmentation", "vlm", "image_encoder"):
-        config[role]["model"] = str(ROOT / config[role]["model"])  # the repo's tiny-model cache
-    path = tmp_path / "dip.tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    out = str(tmp_path / "out")
-    info = dip.main(["--config", str(path), "--out", out])
+    info, out, config = dip_tiny
     manifest, rejects = load_manifest(f"{out}/dip"), load_rejects(f"{out}/dip")
     assert len(manifest) >= 16
     assert len(manifest) + len(rejects) == config["n_single"] + config["n_multi"]

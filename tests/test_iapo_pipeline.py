@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from iapo_doubles import BRIGHT, DARK, DOUBLES, jpeg, pair_images
-from tests.conftest import ROOT
 from tests.helpers import tar_members
 
 SCRIPTED = {"model": "scripted", "dtype": "float32", "batch_size": 4, "num_cpus": 0.25}
@@ -185,22 +184,12 @@ def test_dip_output_as_source(ray_local, tmp_path):
 # the tiny profile: random-weight models on DreamBench photo pairs, QA off
 
 
-def test_tiny_profile_run(ray_local, tmp_path):
+def test_tiny_profile_run(iapo_tiny):
     """The issue's command on the CPU (6 pairs): every pair is written and validates; the random
     VLM's answers are unparsable, so the planner falls back and every instance keeps rho 0."""
-    from pipelines import iapo
     from schemas import load_manifest, load_rejects, validate
-    from tests.conftest import assets_or_skip
 
-    assets = assets_or_skip()
-    config = yaml.safe_load((ROOT / "configs" / "iapo.tiny.yaml").read_text())
-    config["photos_root"] = str(assets / "images" / "dreambench")
-    for role in ("vlm", "grounding"):
-        config[role]["model"] = str(ROOT / config[role]["model"])  # the repo's tiny-model cache
-    path = tmp_path / "iapo.tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    out = str(tmp_path / "out")
-    info = iapo.main(["--config", str(path), "--out", out, "--set", "max_pairs=6"])
+    info, out, _ = iapo_tiny
     manifest, rejects = load_manifest(f"{out}/iapo"), load_rejects(f"{out}/iapo")
     report = validate(f"{out}/iapo")
     assert report.ok, report.problems[:5]

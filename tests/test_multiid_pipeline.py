@@ -187,22 +187,19 @@ def test_rerun_does_no_work(world, ray_local):
     assert again["counts"]["samples"] == info["counts"]["samples"]
 
 
-def test_tiny_profile_command(ray_local, tmp_path):
+def test_tiny_profile_command(multiid_tiny):
     """The issue's command with the random-weight VLM: unparsable captions are rejects, the rest
     repaired; both datasets validate."""
-    from pipelines import multiid
     from schemas import load_manifest, load_rejects, validate
 
-    assets = assets_or_skip()
-    path = config(assets, tmp_path)
-    multiid.main(["--config", str(path), "--out", str(tmp_path / "out")])
+    out = Path(multiid_tiny[1])
     for name in ("multiid", "multiid_refs"):
-        report = validate(str(tmp_path / "out" / name))
+        report = validate(str(out / name))
         assert report.ok, report.problems[:3]
-    m, rej = load_manifest(str(tmp_path / "out/multiid")), load_rejects(str(tmp_path / "out/multiid"))
+    m, rej = load_manifest(str(out / "multiid")), load_rejects(str(out / "multiid"))
     assert len(m) + len(rej) == 4
     reasons = {Path(p).name: r for p, r in zip(rej["input"], rej["reason"])}
     assert reasons.pop("two_people.jpg") == "collage"
     assert set(reasons.values()) <= {"empty_caption", "refusal"}  # cut and prefixed when possible
     assert all(c.startswith("This image shows") for c in m.caption)
-    assert len(load_manifest(str(tmp_path / "out/multiid_refs"))) == 45
+    assert len(load_manifest(str(out / "multiid_refs"))) == 45

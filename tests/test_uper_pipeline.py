@@ -8,13 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from PIL import Image
 
 from schemas.contract import decode_member
 from schemas.uper import SCHEMA
 from stages.photos import load_image
-from tests.conftest import ROOT, assets_or_skip
+from tests.conftest import assets_or_skip, tiny_config
 from tests.dip_doubles import ScriptedVLM
 from tests.helpers import noise, tar_members
 
@@ -53,14 +52,7 @@ def image_cell(path=None, data=None) -> dict:
 
 
 def config(tmp_path, **overrides) -> str:
-    cfg = yaml.safe_load((ROOT / "configs" / "uper.tiny.yaml").read_text())
-    for role in ("background_removal", "vlm", "image_encoder"):
-        cfg[role]["model"] = str(ROOT / cfg[role]["model"])  # the repo's tiny-model cache
-    cfg["photos_root"] = str(assets_or_skip() / "images/dreambench")
-    cfg.update(overrides)
-    path = tmp_path / f"uper-{len(list(tmp_path.glob('uper-*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    return str(tiny_config("uper", tmp_path, **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -182,13 +174,11 @@ def test_scripted_rerun_does_no_work(scripted):
     assert again["counts"]["samples"] == 25 and again["counts"]["rejects"] == 8
 
 
-def test_tiny_profile_run(ray_local, tmp_path):
+def test_tiny_profile_run(uper_tiny):
     """The issue's command, on the CPU with random weights: every DreamBench folder gives a pair."""
-    from pipelines import uper
     from schemas import load_manifest, load_rejects, validate
 
-    out = str(tmp_path / "out")
-    uper.main(["--config", config(tmp_path), "--out", out])
+    _, out, _ = uper_tiny
     manifest, rejects = load_manifest(f"{out}/uper"), load_rejects(f"{out}/uper")
     assert validate(f"{out}/uper").ok
     assert len(manifest) + len(rejects) == 30 and len(manifest) >= 25

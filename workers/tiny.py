@@ -57,13 +57,16 @@ def ensure(root: str | Path, roles=None, seed: int = 0) -> dict[str, Path]:
 
 
 def ensure_for(cfg) -> dict[str, Path]:
-    """Build the tiny models a config points at: every ModelSpec whose model is a path
-    `<root>/tiny-models/<role>` (the tiny profile's layout) and is not built yet."""
+    """Build the tiny models a config points at: every model path `<root>/tiny-models/<role>` (the
+    tiny profile's layout: a ModelSpec's model, a plain path field, a dict of paths) not built yet."""
     built = {}
-    for name, value in cfg:
-        path = Path(getattr(value, "model", "") or "")
-        if path.parent.name == "tiny-models" and path.name in BUILDERS:
-            built.update(ensure(path.parent, [path.name]))
+    for _, value in cfg:
+        values = [getattr(value, "model", None)] if hasattr(value, "model") else (
+            list(value.values()) if isinstance(value, dict) else [value])
+        for v in values:
+            path = Path(v) if isinstance(v, str) else None
+            if path is not None and path.parent.name == "tiny-models" and path.name in BUILDERS:
+                built.update(ensure(path.parent, [path.name]))
     return built
 
 

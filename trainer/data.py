@@ -1,0 +1,159 @@
+"""Training examples from the four datasets' shards, through the schemas readers.
+
+Every dataset becomes the same few fields, at one square `size` so a batch stacks:
+- DIP (dpo, focus_dpo): prompt, ref, win, lose, m_prior (the subject mask) and m_d (the
+  complexity map), both on the token grid (one token = 16 px).
+- IAPO (iapo, dpo): prompt = caption, win / lose = the globally preferred image and the other, no
+  reference, weight_w / weight_l = eq. 1 maps on the token grid.
+- UPER (sft): prompt, ref = ref_clean, target.
+- MultiID (sft, id): prompt = caption, target = the group photo, ref = a reference photo of its
+  first identity (from OUT/multiid_refs), faces' 5-point landmarks and ArcFace embeddings, and the
+  identity ids for the contrastive negatives.
+
+A sample that cannot be used (a member missing, a mask whose size is not its image's) is skipped
+and counted by reason; training goes on.
+"""
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections import Counter
+
+import numpy as np
+from PIL import Image
+
+from schemas.contract import decode_member
+from schemas.reader import load_manifest, read_samples
+from schemas.registry import get_schema
+
+log = logging.getLogger("subjectforge.train")
+TOKEN_PX = 16  # FLUX: VAE / 8, then 2 x 2 latents per token
+
+
+class BadSample(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def square(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square, then resize to size x size."""
+    h, w = image.shape[:2]
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    crop = image[y:y + s, x:x + s]
+    if s == size:
+        return np.ascontiguousarray(crop)
+    mode = Image.BICUBIC if crop.dtype == np.uint8 else Image.BILINEAR
+    return np.asarray(Image.fromarray(crop).resize((size, size), mode))
+
+
+def token_map(values: np.ndarray, image_hw: tuple[int, int], size: int, reduce=np.mean) -> np.ndarray:
+    """A map over an image (at any grid that divides it) -> [size/16 * size/16] on the token grid
+    of the image cropped and resized like the image itself: `reduce` (area mean) per token."""
+    h, w = image_hw
+    gh, gw = values.shape
+    if h % gh or w % gw:
+        raise BadSample("map_size", f"map {gh}x{gw} does not tile image {h}x{w}")
+    full = np.repeat(np.repeat(values.astype(np.float32), h // gh, 0), w // gw, 1)
+    full = square(full, size)
+    n = size // TOKEN_PX
+    return reduce(full.reshape(n, TOKEN_PX, n, TOKEN_PX), axis=(1, 3)).reshape(-1)
+
+
+def need(sample: dict, *names: str):
+    missing = [n for n in names if sample.get(n) is None]
+    if missing:
+        raise BadSample("missing_member", ", ".join(missing))
+    return [sample[n] for n in names]
+
+
+def dip_example(s: dict, size: int) -> dict:
+    ref, win, lose, mask, complexity = need(s, "ref", "win", "lose", "mask", "complexity")
+    if mask.shape != win.shape[:2]:
+        raise BadSample("mask_size", f"mask {mask.shape} vs image {win.shape[:2]}")
+    if lose.shape != win.shape:
+        raise BadSample("image_size", f"loser {lose.shape} vs winner {win.shape}")
+    return {"prompt": s["json"]["prompt"], "ref": square(ref, size), "win": square(win, size),
+            "lose": square(lose, size),
+            # a token is a subject token when any of its pixels is: a small subject keeps its tokens
+            "m_prior": (token_map(mask, win.shape[:2], size, np.max) > 0).astype(np.float32),
+            "m_d": token_map(complexity, win.shape[:2], size)}
+
+
+def iapo_example(s: dict, size: int) -> dict:
+    im0, im1, w0, w1 = need(s, "image_0", "image_1", "weights_0", "weights_1")
+    meta = s["json"]
+    images, weights = (im0, im1), (w0, w1)
+    win = 0 if float(meta["label_0"]) > float(meta["label_1"]) else 1
+    return {"prompt": meta["caption"], "win": square(images[win], size), "lose": square(images[1 - win], size),
+            "weight_w": token_map(weights[win], images[win].shape[:2], size),
+            "weight_l": token_map(weights[1 - win], images[1 - win].shape[:2], size)}
+
+
+def uper_example(s: dict, size: int) -> dict:
+    ref, target = need(s, "ref_clean", "target")
+    return {"prompt": s["json"]["prompt"], "ref": square(ref, size), "target": square(target, size)}
+
+
+def multiid_example(s: dict, size: int, references: dict) -> dict:
+    image, embeddings = need(s, "image", "embeddings")
+    meta = s["json"]
+    ids = [int(i) for i in meta["identity_at_050"]] if meta.get("identity_at_050") else []
+    keys = [k for i in ids if i >= 0 for k in meta.get("reference_keys", {}).get(str(i), [])]
+    ref = next((references[k] for k in keys if k in references), None)
+    if ref is None:
+        raise BadSample("no_reference", f"identities {ids}")
+    kps = np.asarray(meta["keypoints"], np.float32).reshape(-1, 5, 2)
+    if len(kps) != len(embeddings):
+        raise BadSample("face_count", f"{len(kps)} landmark sets, {len(embeddings)} embeddings")
+    h, w = image.shape[:2]
+    s_ = min(h, w)
+    scale, (y0, x0) = size / s_, ((h - s_) // 2, (w - s_) // 2)
+    return {"prompt": meta["caption"], "target": square(image, size), "ref": square(ref, size),
+            # pixel centres at integer coordinates (insightface): a resize by s maps x to (x + 0.5) s - 0.5
+            "landmarks": (kps - [x0, y0] + 0.5) * scale - 0.5, "embeddings": np.asarray(embeddings, np.float32),
+            "identities": ids}
+
+
+EXAMPLES = {"dip": dip_example, "iapo": iapo_example, "uper": uper_example, "multiid": multiid_example}
+
+
+def reference_images(refs_dir: str) -> dict:
+    """MultiID reference photos by key (OUT/multiid_refs), held in memory for the run."""
+    return {s["key"]: s["image"] for s in read_samples(refs_dir, dataset="multiid_refs", split_by_node=False,
+                                                       split_by_worker=False)}
+
+
+def examples(dataset_dir: str, size: int, *, manifest_query: str | None = None, shuffle: int = 0,
+             seed: int = 0, resampled: bool = True, skipped: Counter | None = None):
+    """Endless (resampled) stream of examples from one dataset directory; `manifest_query` is a
+    pandas query on its manifest (e.g. "category == 'animal'", "rating >= 4")."""
+    dataset = posixpath.basename(dataset_dir.rstrip("/"))
+    make = EXAMPLES[dataset]
+    extra = {}
+    if dataset == "multiid":
+        extra["references"] = reference_images(posixpath.join(posixpath.dirname(dataset_dir.rstrip("/")),
+                                                              "multiid_refs"))
+    manifest = load_manifest(dataset_dir)
+    if manifest_query:
+        manifest = manifest.query(manifest_query)
+    skipped = Counter() if skipped is None else skipped
+    schema = get_schema(dataset)
+    for raw in read_samples(dataset_dir, dataset=dataset, manifest=manifest, shuffle=shuffle, seed=seed,
+                            resampled=resampled, decode=False):
+        try:
+            s = {k: decode_member(schema.member_for(k), v) if isinstance(v, bytes) else v for k, v in raw.items()}
+            yield make(s, size, **extra)
+        except (BadSample, KeyError, ValueError, TypeError, OSError) as e:  # OSError: PIL on a corrupt member
+            reason = e.reason if isinstance(e, BadSample) else type(e).__name__
+            skipped[reason] += 1
+            log.warning("skipped sample %s (%s): %s", raw.get("key"), reason, e)
+
+
+def collate(items: list[dict]) -> dict:
+    out = {}
+    for k in items[0]:
+        values = [it[k] for it in items]
+        out[k] = values if k in ("prompt", "landmarks", "embeddings", "identities") else np.stack(values)
+    return out
