@@ -15,9 +15,9 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import ray
 
-from schemas.batch import batch_of
+from schemas.batch import dataset_of
 from schemas.dip import SCHEMA
-from schemas.job import drop_committed, parse_args, start_ray, write
+from schemas.job import drop_committed, run
 from schemas.pipeline_configs import DIPConfig
 from stages import dip
 from stages.catalog import make_prompts, read_prompts
@@ -26,7 +26,7 @@ from stages.keys import file_id, sample_key
 from stages.photos import dreambench_pairs, load_image
 from workers import tiny
 from workers.background_removal import BackgroundRemoval
-from workers.base import Step, apply_steps
+from workers.base import Plan, Step, apply_steps
 from workers.grounding import Grounding
 from workers.image_encoder import ImageEncoder
 from workers.inpainting import Inpainting
@@ -63,21 +63,14 @@ def load_photos(row: dict, max_side: int) -> dict:
 
 
 def source(cfg: DIPConfig) -> ray.data.Dataset:
-    rows = source_rows(cfg)
-    return ray.data.from_arrow(batch_of(rows)) if rows else ray.data.from_items([])
+    return dataset_of(source_rows(cfg))
 
 
 def plan(cfg: DIPConfig, workers: dict | None = None) -> list[Step]:
     """The stages in order; `workers` replaces a role's class (tests drive the gates with doubles).
     build() runs them as Ray Data stages, benchmarks/pipelines.py as a bare loop."""
-    w = dict(WORKERS, **(workers or {}))
-    steps: list[Step] = []
-
-    def cpu(name, fn):
-        steps.append(Step(name, fn=fn))
-
-    def model(name, role, **kwargs):
-        steps.append(Step(name, cls=w[role], spec=getattr(cfg, role), kwargs=kwargs))
+    steps = Plan(cfg, dict(WORKERS, **(workers or {})))
+    cpu, model = steps.cpu, steps.model
 
     gen = dict(height=cfg.image_size, width=cfg.image_size, steps=cfg.steps, guidance=cfg.guidance)
     cpu("check_subjects", dip.check_subjects)
@@ -128,8 +121,9 @@ def plan(cfg: DIPConfig, workers: dict | None = None) -> list[Step]:
 def build(cfg: DIPConfig, out: str, workers: dict | None = None) -> tuple[ray.data.Dataset, list[str]]:
     """The Ray Data DAG of plan(): CPU steps as tasks (GPU actors never wait on them), model steps
     on fixed-size actor pools; resume drops committed keys before any of it."""
-    ds, done = drop_committed(source(cfg), out, SCHEMA.name)
-    print(f"dip: {ds.count() + done} inputs, {done} keys already committed")
+    rows = source_rows(cfg)
+    ds, done = drop_committed(dataset_of(rows), out, SCHEMA.name)
+    print(f"dip: {len(rows)} inputs, {done} keys already committed")
     steps = plan(cfg, workers)
     return apply_steps(ds, steps), [s.name for s in steps]
 
@@ -150,11 +144,7 @@ def manifest_fields(cfg: DIPConfig) -> dict:
 
 
 def main(argv=None, workers: dict | None = None) -> dict:
-    cfg, out = parse_args(__doc__.splitlines()[0], DIPConfig, argv)
-    tiny.ensure_for(cfg)  # tiny profile: build the random-weight models the config points at
-    start_ray(cfg)
-    ds, stages = build(cfg, out, workers)
-    return write(ds, out, SCHEMA, cfg, stages)
+    return run(__doc__.splitlines()[0], DIPConfig, build, SCHEMA, argv, workers, prepare=tiny.ensure_for)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,15 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import ray
 
-from schemas.batch import batch_of, cpu_stage
+from schemas.batch import cpu_stage, dataset_of
 from schemas.iapo import SCHEMA
-from schemas.job import drop_committed, parse_args, start_ray, write
+from schemas.job import drop_committed, run
 from schemas.pipeline_configs import IAPOConfig
 from schemas.reader import resolve_shards
 from stages import iapo
 from stages.encode import encode_members
 from workers import tiny
-from workers.base import Step, apply_steps
+from workers.base import Plan, Step, apply_steps
 from workers.grounding import Grounding
 from workers.vlm import VLM
 
@@ -41,7 +41,7 @@ def source(cfg: IAPOConfig) -> ray.data.Dataset:
     to_pair = iapo.pair_row
     if cfg.source == "photos":
         rows = iapo.photo_pairs(cfg.photos_root, cfg.pairs_per_subject, cfg.seed)[: cfg.max_pairs]
-        ds = ray.data.from_arrow(batch_of(rows)) if rows else ray.data.from_items([])
+        ds = dataset_of(rows)
     elif cfg.source == "pairs":
         if not cfg.pairs:
             raise ValueError("source: pairs needs `pairs` (a Parquet file or directory)")
@@ -61,14 +61,8 @@ def source(cfg: IAPOConfig) -> ray.data.Dataset:
 
 def plan(cfg: IAPOConfig, workers: dict | None = None) -> list[Step]:
     """The stages in order; `workers` replaces a role's class (tests script the VLM and grounding)."""
-    w = dict(WORKERS, **(workers or {}))
-    steps: list[Step] = []
-
-    def cpu(name, fn):
-        steps.append(Step(name, fn=fn))
-
-    def model(name, role, **kwargs):
-        steps.append(Step(name, cls=w[role], spec=getattr(cfg, role), kwargs=kwargs))
+    steps = Plan(cfg, dict(WORKERS, **(workers or {})))
+    cpu, model = steps.cpu, steps.model
 
     cpu("label", iapo.global_label)  # ties before any image is opened
     cpu("load", partial(iapo.load_pair, max_side=cfg.max_side))
@@ -110,11 +104,7 @@ def manifest_fields(cfg: IAPOConfig) -> dict:
 
 
 def main(argv=None, workers: dict | None = None) -> dict:
-    cfg, out = parse_args(__doc__.splitlines()[0], IAPOConfig, argv)
-    tiny.ensure_for(cfg)  # tiny profile: build the random-weight models the config points at
-    start_ray(cfg)
-    ds, stages = build(cfg, out, workers)
-    return write(ds, out, SCHEMA, cfg, stages)
+    return run(__doc__.splitlines()[0], IAPOConfig, build, SCHEMA, argv, workers, prepare=tiny.ensure_for)
 
 
 if __name__ == "__main__":

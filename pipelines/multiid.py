@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from schemas.batch import batch_of, cpu_stage, is_rejected, reject, rows_of
+from schemas.batch import batch_of, cpu_stage, dataset_of, is_rejected, reject, rows_of
 from schemas.job import dataset_uri, drop_committed, parse_args, start_ray, write
 from schemas.multiid import REFS_SCHEMA, SCHEMA
 from schemas.pipeline_configs import MultiIDConfig
@@ -54,7 +54,7 @@ def source(cfg, rows):
     for r in rows:
         r["key"] = sample_key({"path": r.get("path"), "identity": r.get("identity")}, cfg.output_fields())
         r["input"] = r.get("path")
-    return ray.data.from_arrow(batch_of(rows)) if rows else ray.data.from_items([])
+    return dataset_of(rows)
 
 
 # --- phase 1: singles -> reference bank --------------------------------------------------------------

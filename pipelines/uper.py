@@ -15,8 +15,8 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import ray
 
-from schemas.batch import batch_of, rows_of
-from schemas.job import drop_committed, parse_args, start_ray, write
+from schemas.batch import batch_of, dataset_of, rows_of
+from schemas.job import drop_committed, run
 from schemas.pipeline_configs import UPERConfig
 from schemas.reader import resolve_shards
 from schemas.uper import SCHEMA
@@ -25,7 +25,7 @@ from stages.encode import encode_members
 from stages.keys import sample_key
 from workers import tiny
 from workers.background_removal import BackgroundRemoval
-from workers.base import Step, apply_steps
+from workers.base import Plan, Step, apply_steps
 from workers.image_encoder import ImageEncoder
 from workers.vlm import VLM
 
@@ -40,7 +40,7 @@ def source(cfg: UPERConfig) -> ray.data.Dataset:
     the driver never holds it)."""
     if cfg.source == "photos":
         rows = uper.photo_pairs(cfg.photos_root, cfg.pairs_per_subject)
-        ds = ray.data.from_arrow(batch_of(rows)) if rows else ray.data.from_items([])
+        ds = dataset_of(rows)
     elif cfg.source in ("pairs", "diptych"):
         ds = read_list(cfg.pairs)
     elif cfg.source == "dip":
@@ -83,33 +83,29 @@ def keyed(batch, cfg: UPERConfig, base: str | None):
 
 def plan(cfg: UPERConfig, workers: dict | None = None) -> list[Step]:
     """The stages in order; `workers` replaces a role's class (tests use doubles)."""
-    w = dict(WORKERS, **(workers or {}))
-
-    def model(name, role, **kwargs):
-        return Step(name, cls=w[role], spec=getattr(cfg, role), kwargs=kwargs)
-
+    steps = Plan(cfg, dict(WORKERS, **(workers or {})))
+    cpu, model = steps.cpu, steps.model
     vlm = dict(max_new_tokens=cfg.vlm_max_new_tokens)
-    return [
-        Step("single_subject", fn=uper.single_subject),
-        Step("load", fn=partial(uper.load_pair, max_side=cfg.max_side, diptych_padding=cfg.diptych_padding)),
-        model("remove_background", "background_removal", image_column="ref", prefix="ref_"),
-        Step("foreground", fn=partial(uper.foreground_gate, fg_min=cfg.fg_fraction_min, fg_max=cfg.fg_fraction_max)),
-        Step("attributes_query", fn=partial(uper.attributes_query, max_attributes=cfg.max_attributes)),
-        model("attributes", "vlm", images=["ref_clean"], prompt="attributes_prompt", output="attributes_raw", **vlm),
-        Step("rating_query", fn=partial(uper.rating_query, max_attributes=cfg.max_attributes, qa=cfg.qa)),
-        model("rating", "vlm", images=["ref_clean", "target"], prompt="rating_prompt", output="rating_raw", **vlm),
-        Step("rating_gate", fn=partial(uper.rating_gate, rating_min=cfg.rating_min, qa=cfg.qa)),
-        Step("reward_views", fn=partial(uper.subject_reward_views, size=cfg.r_sub_size, patch=cfg.patch_size,
-                                        stride=cfg.patch_stride, crops=cfg.random_crops,
-                                        crop_size=cfg.random_crop_size, seed=cfg.seed)),
-        model("subject_reward", "image_encoder", image="rsub_ref", image_b="rsub_target", cosine="rsub_cosines",
-              embedding=None, fit="resize"),
-        Step("reward_scores", fn=partial(uper.subject_reward_scores, weights=cfg.r_sub_weights,
-                                         copy_paste_similarity=cfg.copy_paste_similarity,
-                                         copy_paste_penalty=cfg.copy_paste_penalty)),
-        Step("finalize", fn=partial(uper.finalize, fields=manifest_fields(cfg), keep_ref=cfg.keep_original_ref)),
-        Step("encode", fn=partial(encode_members, schema=SCHEMA)),
-    ]
+    cpu("single_subject", uper.single_subject)
+    cpu("load", partial(uper.load_pair, max_side=cfg.max_side, diptych_padding=cfg.diptych_padding))
+    model("remove_background", "background_removal", image_column="ref", prefix="ref_")
+    cpu("foreground", partial(uper.foreground_gate, fg_min=cfg.fg_fraction_min, fg_max=cfg.fg_fraction_max))
+    cpu("attributes_query", partial(uper.attributes_query, max_attributes=cfg.max_attributes))
+    model("attributes", "vlm", images=["ref_clean"], prompt="attributes_prompt", output="attributes_raw", **vlm)
+    cpu("rating_query", partial(uper.rating_query, max_attributes=cfg.max_attributes, qa=cfg.qa))
+    model("rating", "vlm", images=["ref_clean", "target"], prompt="rating_prompt", output="rating_raw", **vlm)
+    cpu("rating_gate", partial(uper.rating_gate, rating_min=cfg.rating_min, qa=cfg.qa))
+    cpu("reward_views", partial(uper.subject_reward_views, size=cfg.r_sub_size, patch=cfg.patch_size,
+                                stride=cfg.patch_stride, crops=cfg.random_crops, crop_size=cfg.random_crop_size,
+                                seed=cfg.seed))
+    model("subject_reward", "image_encoder", image="rsub_ref", image_b="rsub_target", cosine="rsub_cosines",
+          embedding=None, fit="resize")
+    cpu("reward_scores", partial(uper.subject_reward_scores, weights=cfg.r_sub_weights,
+                                 copy_paste_similarity=cfg.copy_paste_similarity,
+                                 copy_paste_penalty=cfg.copy_paste_penalty))
+    cpu("finalize", partial(uper.finalize, fields=manifest_fields(cfg), keep_ref=cfg.keep_original_ref))
+    cpu("encode", partial(encode_members, schema=SCHEMA))
+    return steps
 
 
 def manifest_fields(cfg: UPERConfig) -> dict:
@@ -126,11 +122,7 @@ def build(cfg: UPERConfig, out: str, workers: dict | None = None) -> tuple[ray.d
 
 
 def main(argv=None, workers: dict | None = None) -> dict:
-    cfg, out = parse_args(__doc__.splitlines()[0], UPERConfig, argv)
-    tiny.ensure_for(cfg)  # tiny profile: build the random-weight models the config points at
-    start_ray(cfg)
-    ds, stages = build(cfg, out, workers)
-    return write(ds, out, SCHEMA, cfg, stages)
+    return run(__doc__.splitlines()[0], UPERConfig, build, SCHEMA, argv, workers, prepare=tiny.ensure_for)
 
 
 if __name__ == "__main__":

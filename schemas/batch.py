@@ -43,6 +43,14 @@ def batch_of(rows: list[dict]) -> pa.Table:
     return pa.table({c: _column([r.get(c) for r in rows]) for c in cols})
 
 
+def dataset_of(rows: list[dict]):
+    """Row dicts built on the driver -> a Ray Dataset with batch_of's column types; no rows is an
+    empty Dataset (batch_of([]) is a table without columns, which Ray cannot read)."""
+    import ray
+
+    return ray.data.from_arrow(batch_of(rows)) if rows else ray.data.from_items([])
+
+
 def _column(values: list) -> pa.Array:
     present = [v for v in values if v is not None]
     if not present:

@@ -69,6 +69,19 @@ def write(ds: ray.data.Dataset, out: str, schema: DatasetSchema, cfg: PipelineCo
     return info
 
 
+def run(description: str, config_cls: type[PipelineConfig], build, schema: DatasetSchema, argv=None,
+        workers: dict | None = None, prepare=None) -> dict:
+    """The main of a one-dataset pipeline script: config from the command line, `prepare(cfg)`
+    (the tiny profile builds the random-weight models the config points at), Ray, the script's
+    `build(cfg, out, workers) -> (dataset, stage names)`, the write and its summary."""
+    cfg, out = parse_args(description, config_cls, argv)
+    if prepare is not None:
+        prepare(cfg)
+    start_ray(cfg)
+    ds, stages = build(cfg, out, workers)
+    return write(ds, out, schema, cfg, stages)
+
+
 def print_summary(info: dict, where: str) -> None:
     run = info["runs"][-1]
     print(f"\n{info['dataset']}: {run['samples_written']} samples in {len(run['shards_written'])} new shards "

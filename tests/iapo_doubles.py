@@ -10,15 +10,12 @@ depends on which crop it was shown as A: rho comes out right only if the pipelin
 """
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np
-from PIL import Image
 
 from tests.dip_doubles import ScriptedVLM as DIPScriptedVLM
-from workers.base import Worker, image_of
-from workers.vlm import _is_list
+from workers.base import Worker, image_of, is_list
 
 SIZE = 64
 BRIGHT, DARK, BACKGROUND = 230, 30, 128
@@ -65,11 +62,6 @@ def pair_images(quality: dict[str, tuple[int, int]]) -> tuple[np.ndarray, np.nda
     return images[0], images[1]
 
 
-def jpeg(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
-
 
 class ScriptedVLM(DIPScriptedVLM):
     """Planner: PLANNER[caption] (a default when the caption is not scripted). Judge: the brighter
@@ -77,12 +69,12 @@ class ScriptedVLM(DIPScriptedVLM):
     the DIP double's (the real VLM's arguments)."""
 
     def check(self, row: dict) -> dict:
-        many = _is_list(row[self.prompt])
+        many = is_list(row[self.prompt])
         prompts = [str(p) for p in row[self.prompt]] if many else [str(row[self.prompt])]
         columns = []
         for c in self.images:
             value = row[c]
-            columns.append([image_of({"i": v}, "i") for v in value] if _is_list(value) else
+            columns.append([image_of({"i": v}, "i") for v in value] if is_list(value) else
                            [image_of(row, c)] * len(prompts))
         return {"prompts": prompts, "images": list(zip(*columns)), "many": many, "caption": row.get("caption")}
 

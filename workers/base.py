@@ -45,6 +45,14 @@ def image_of(row: dict, column: str, min_side: int = 8):
         raise Reject("bad_image", f"{column}: {e}") from None
 
 
+def is_list(value) -> bool:
+    """A cell holding several values (a list per row: one image or prompt per question or view);
+    Ray hands a list column back as a numpy object array."""
+    import numpy as np
+
+    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype == object)
+
+
 def text_of(row: dict, column: str) -> str:
     text = row.get(column)
     if text is None or not str(text).strip():
@@ -145,6 +153,22 @@ class Step:
     cls: type | None = None
     spec: object = None
     kwargs: dict = field(default_factory=dict)
+
+
+class Plan(list):
+    """A pipeline's Steps in DAG order, appended by `cpu(name, fn)` and `model(name, role, **kwargs)`:
+    a role's worker class comes from `workers` (the pipeline's classes, or a test's doubles) and
+    its ModelSpec from the config field of the same name."""
+
+    def __init__(self, cfg, workers: dict):
+        super().__init__()
+        self.cfg, self.workers = cfg, workers
+
+    def cpu(self, name: str, fn: Callable[[dict], dict]) -> None:
+        self.append(Step(name, fn=fn))
+
+    def model(self, name: str, role: str, **kwargs) -> None:
+        self.append(Step(name, cls=self.workers[role], spec=getattr(self.cfg, role), kwargs=kwargs))
 
 
 def apply_steps(ds, steps: list[Step]):

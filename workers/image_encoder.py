@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.batch import Reject
-from workers.base import Worker, image_of, text_of, torch_dtype
+from workers.base import Worker, image_of, is_list, text_of, torch_dtype
 
 DINOV2 = ("dinov2", "dinov2_with_registers")
 
@@ -153,7 +153,7 @@ class ImageEncoder(Worker):
 def _views(row: dict, column: str):
     """One image, or a list of them when the column holds views."""
     value = row.get(column)
-    if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype == object):
+    if is_list(value):
         if len(value) == 0:
             raise Reject("missing_image", f"{column}: no views")
         return [image_of({column: v}, column) for v in value]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.batch import Reject
-from workers.base import Worker, image_of, text_of, torch_dtype
+from workers.base import Worker, image_of, is_list, text_of, torch_dtype
 
 # Qwen2.5-VL-7B-Instruct's chat_template.json: a default system turn, then each image as
 # <|vision_start|><|image_pad|><|vision_end|>, which the processor expands to one pad per merged patch.
@@ -75,14 +75,14 @@ class VLM(Worker):
     def check(self, row: dict) -> dict:
         """One row asks one question, or several (a list in the prompt column: one per subject);
         an image column may then hold a list with one image per question (per-subject crops)."""
-        many = _is_list(row.get(self.prompt))
+        many = is_list(row.get(self.prompt))
         prompts = [str(p) for p in row[self.prompt]] if many else [text_of(row, self.prompt)]
         if many and (not prompts or not all(p.strip() for p in prompts)):
             raise Reject("empty_prompt", self.prompt)
         per_column = []
         for c in self.images:
             value = row.get(c)
-            if _is_list(value):
+            if is_list(value):
                 if len(value) != len(prompts):
                     raise Reject("bad_image", f"{c}: {len(value)} images for {len(prompts)} questions")
                 per_column.append([_checked_image({c: v}, c) for v in value])
@@ -123,10 +123,6 @@ class VLM(Worker):
             mine = [next(answers) for _ in x["queries"]]
             results.append({self.output: mine if x["many"] else mine[0]})
         return results
-
-
-def _is_list(value) -> bool:
-    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.dtype == object)
 
 
 def _checked_image(row: dict, column: str) -> np.ndarray:
