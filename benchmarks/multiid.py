@@ -119,7 +119,6 @@ def bare_matmul(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def retrieval(n_faces: int, centers: np.ndarray, chunk: int, seed: int, variants: bool) -> dict:
-    k = len(centers)
     bt = np.ascontiguousarray(np.asarray(centers, np.float32).T)  # the bare side's [512, k]
     sim_s = top1_s = bare_s = 0.0
     alt_s = {name: 0.0 for name in VARIANTS}

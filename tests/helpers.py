@@ -43,6 +43,26 @@ def plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
+def png(arr) -> bytes:
+    """An array image as PNG bytes (any mode PIL takes: RGB, RGBA, L)."""
+    return _encoded(arr, "PNG")
+
+
+def jpeg(arr, quality: int = 75) -> bytes:
+    """An array image as JPEG bytes (PIL's default quality 75)."""
+    return _encoded(arr, "JPEG", quality=quality)
+
+
+def _encoded(arr, fmt: str, **kwargs) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
 def noise(h, w, c=3, seed=0):
     """A random uint8 image (c=None: HxW)."""
     shape = (h, w) if c is None else (h, w, c)

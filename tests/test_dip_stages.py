@@ -20,6 +20,7 @@ from stages import catalog as C
 from stages import masks as K
 from stages import photos as P
 from stages.complexity import complexity_map, entropy
+from tests.helpers import png
 
 CATALOG = ROOT / "configs" / "catalogs" / "dip_subjects.yaml"
 
@@ -238,24 +239,19 @@ def test_load_real_photo(dreambench):
     assert full.shape == (512, 512, 3)
 
 
-def _png(arr) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
 
 def test_load_image_resize_and_center_crop():
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 256, (37, 100, 3), dtype=np.uint8)
-    out = P.load_image(_png(arr))
+    out = P.load_image(png(arr))
     # 37 -> 32 (2 rows off the top, 3 off the bottom), 100 -> 96 (2 and 2)
     np.testing.assert_array_equal(out, arr[2:34, 2:98])
-    wide = P.load_image(_png(np.zeros((500, 1000, 3), np.uint8)), max_side=512)
+    wide = P.load_image(png(np.zeros((500, 1000, 3), np.uint8)), max_side=512)
     assert wide.shape == (256, 512, 3)
-    odd = P.load_image(_png(np.zeros((400, 1000, 3), np.uint8)), max_side=1000)
+    odd = P.load_image(png(np.zeros((400, 1000, 3), np.uint8)), max_side=1000)
     assert odd.shape == (400, 992, 3)  # max_side not a multiple of 16: still <= it
     rgba = np.zeros((32, 32, 4), np.uint8)  # fully transparent -> white
-    assert (P.load_image(_png(rgba)) == 255).all()
+    assert (P.load_image(png(rgba)) == 255).all()
 
 
 def test_load_image_rejects(tmp_path, monkeypatch):
@@ -267,11 +263,11 @@ def test_load_image_rejects(tmp_path, monkeypatch):
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     assert reason(P.load_image, truncated) == "corrupt_image"
-    assert reason(P.load_image, _png(np.zeros((1, 1, 3), np.uint8))) == "too_small"
-    assert reason(P.load_image, _png(np.zeros((12, 64, 3), np.uint8))) == "too_small"
-    assert reason(P.load_image, _png(np.zeros((20, 4000, 3), np.uint8)), max_side=512) == "too_small"  # 20 -> 2 px
-    assert reason(P.load_image, _png(np.zeros((40, 40, 3), np.uint8)), min_side=64) == "too_small"
-    bomb = _png(np.zeros((200, 200, 3), np.uint8))
+    assert reason(P.load_image, png(np.zeros((1, 1, 3), np.uint8))) == "too_small"
+    assert reason(P.load_image, png(np.zeros((12, 64, 3), np.uint8))) == "too_small"
+    assert reason(P.load_image, png(np.zeros((20, 4000, 3), np.uint8)), max_side=512) == "too_small"  # 20 -> 2 px
+    assert reason(P.load_image, png(np.zeros((40, 40, 3), np.uint8)), min_side=64) == "too_small"
+    bomb = png(np.zeros((200, 200, 3), np.uint8))
     assert reason(P.load_image, bomb, max_pixels=10_000) == "decompression_bomb"
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # the default cap is PIL's, read per call
     assert reason(P.load_image, bomb) == "decompression_bomb"

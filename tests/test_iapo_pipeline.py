@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from iapo_doubles import BRIGHT, DARK, DOUBLES, jpeg, pair_images
-from tests.helpers import tar_members
+from iapo_doubles import BRIGHT, DARK, DOUBLES, pair_images
+from tests.helpers import jpeg, tar_members
 
 SCRIPTED = {"model": "scripted", "dtype": "float32", "batch_size": 4, "num_cpus": 0.25}
 
@@ -51,7 +51,7 @@ EXPECTED = {
 def scripted(ray_local, tmp_path_factory):
     """Pick-a-Pic v2 layout (bytes) in Parquet; cat is better in image_0, dog in image_1."""
     tmp = tmp_path_factory.mktemp("iapo_scripted")
-    im0, im1 = (jpeg(im) for im in pair_images({"cat": (BRIGHT, DARK), "dog": (DARK, BRIGHT)}))
+    im0, im1 = (jpeg(im, quality=95) for im in pair_images({"cat": (BRIGHT, DARK), "dog": (DARK, BRIGHT)}))
     rows = []
     for caption, expected in EXPECTED.items():
         l0, l1 = expected[:2] if isinstance(expected, tuple) else (1, 0)

@@ -1,21 +1,19 @@
 """The UPER pipeline end to end on local Ray: real u2netp background removal (../shared/assets), an
 answer-scripted VLM double for the two turns, the tiny DINOv2 for R_sub; the tiny profile as the
 issue runs it; Subjects200K-style diptychs and DIP shards as inputs."""
-import io
 import re
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from schemas.contract import decode_member
 from schemas.uper import SCHEMA
 from stages.photos import load_image
 from tests.conftest import assets_or_skip, tiny_config
 from tests.dip_doubles import ScriptedVLM
-from tests.helpers import noise, tar_members
+from tests.helpers import noise, png, tar_members
 
 ATTRIBUTES = "Key attributes:\n- red fabric\n- two straps\n- white logo"
 RATING = {"mismatch": "red fabric: No\ntwo straps: Yes\nwhite logo: No\nThey are two different objects. Rating: 1",
@@ -40,11 +38,6 @@ class UPERScriptedVLM(ScriptedVLM):
         name = next((n for n in RATING if re.search(rf"\b{n}", prompt)), "default")
         return RATING[name]
 
-
-def png(arr) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def image_cell(path=None, data=None) -> dict:

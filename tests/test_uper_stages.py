@@ -1,22 +1,15 @@
 """The CPU steps of the UPER pipeline (stages/uper.py): inputs, the diptych split, the foreground
 gate, the two VLM turns' gates, R_sub views and scores."""
-import io
 import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from schemas.batch import Reject
 from stages import uper
 from tests.conftest import assets_or_skip
-from tests.helpers import noise
+from tests.helpers import noise, png
 
-
-def png(arr) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def subjects200k_composite(a, b, pad=8, border=(0, 255, 0)):

@@ -1,7 +1,6 @@
 """Face analysis (insightface) and background removal (rembg) workers: tiny random-weight models
 through the real loaders, bad inputs, Ray Data, and the real small models in ../shared/assets."""
 import csv
-import io
 import itertools
 import os
 import shutil
@@ -12,6 +11,7 @@ from PIL import Image
 
 from schemas.batch import batch_of, rows_of
 from tests.conftest import assets_or_skip
+from tests.helpers import jpeg
 from workers.background_removal import BackgroundRemoval
 from workers.background_removal import build_tiny as build_tiny_u2netp
 from workers.face_analysis import FaceAnalysis
@@ -25,11 +25,6 @@ SQUARE = RNG.integers(0, 256, (320, 320, 3), dtype=np.uint8)  # u2netp's size: t
 GRAY = RNG.integers(0, 256, (64, 48), dtype=np.uint8)
 RGBA = RNG.integers(0, 256, (40, 56, 4), dtype=np.uint8)
 
-
-def jpeg(arr) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG")
-    return buf.getvalue()
 
 
 def bad_rows(column: str) -> list[dict]:

@@ -149,13 +149,13 @@ class Losses:
         return torch.as_tensor(self.bank[pick])
 
 
-def train(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1, report=None) -> dict:
+def train(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1) -> dict:
     """Train cfg.steps steps; returns the run's summary. Rank 0 writes metrics.jsonl and the LoRA
     checkpoints under `out` (the last in out/lora)."""
-    return fit(cfg, out, rank, world, report)[1]
+    return fit(cfg, out, rank, world)[1]
 
 
-def fit(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1, report=None) -> tuple[SubjectFlux, dict]:
+def fit(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1) -> tuple[SubjectFlux, dict]:
     """train(), also returning the trained model."""
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, not {cfg.objective!r}")
@@ -180,7 +180,8 @@ def fit(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1, report=None) 
         rewards = {"text": TextReward(cfg.reward_models["text"], device), "subject": SubjectReward(
             cfg.reward_models["subject"], device=device), "aesthetic": TextReward(cfg.reward_models["aesthetic"], device)}
     losses = Losses(model, cfg, bank, face_encoder, rewards)
-    optimizer = torch.optim.AdamW(model.lora_parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    params = model.lora_parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     skipped = Counter()
     stream = batches(cfg, rank, skipped)
     fixed = next(stream)
@@ -202,15 +203,13 @@ def fit(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1, report=None) 
             loss, stats = losses(batch, torch.Generator().manual_seed(cfg.seed) if cfg.overfit else generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.lora_parameters(), cfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         record = {"step": step, "loss": loss.item(), "grad_norm": float(grad_norm), "lr": cfg.learning_rate,
                   "seconds": time.perf_counter() - t0, "skipped": dict(skipped), **_floats(stats)}
         if log and (step % cfg.log_every == 0 or step == cfg.steps):
             log.write(json.dumps(record) + "\n")
             log.flush()
-        if report:
-            report(record)
         if rank == 0 and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             model.save_lora(out_dir / f"checkpoint-{step:06d}")
     last = fixed_loss()
