@@ -1,4 +1,4 @@
-"""`subjectforge run|manifest|validate`."""
+"""`subjectforge run|manifest|validate|report`."""
 from __future__ import annotations
 
 import argparse
@@ -55,6 +55,16 @@ def cmd_validate(args, rest) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_report(args, rest) -> int:
+    from schemas.report import build_report
+
+    r = build_report(args.dir, args.out, query=args.query, samples=args.samples, per_page=args.per_page,
+                     seed=args.seed)
+    problems = f"; {r['problems']} with problems (shown on their cards)" if r["problems"] else ""
+    print(f"{r['samples']} samples on {len(r['pages'])} pages{problems}\nopen {r['pages'][0]}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="subjectforge", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -64,10 +74,19 @@ def main(argv=None) -> int:
     m.add_argument("dir")
     v = sub.add_parser("validate", help="check OUT/<dataset> against its schema; non-zero exit on problems")
     v.add_argument("dir")
+    rp = sub.add_parser("report", help="static HTML page(s) of OUT/<dataset>: samples with their pictures, "
+                                       "rejects, score histograms, stage throughput")
+    rp.add_argument("dir")
+    rp.add_argument("--out", help="report folder (default: <dir>/report for a local dataset)")
+    rp.add_argument("--query", help="manifest filter, pandas DataFrame.query syntax: \"category == 'animal'\"")
+    rp.add_argument("--samples", type=int, default=240, help="at most this many samples (a seeded draw)")
+    rp.add_argument("--per-page", type=int, default=24)
+    rp.add_argument("--seed", type=int, default=0)
     args, rest = p.parse_known_args(argv)
     if args.cmd != "run" and rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
-    return {"run": cmd_run, "manifest": cmd_manifest, "validate": cmd_validate}[args.cmd](args, rest)
+    return {"run": cmd_run, "manifest": cmd_manifest, "validate": cmd_validate,
+            "report": cmd_report}[args.cmd](args, rest)
 
 
 if __name__ == "__main__":

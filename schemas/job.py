@@ -42,8 +42,15 @@ def start_ray(cfg: PipelineConfig) -> None:
         ray.init(address=address)
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()
+    progress_bars()
+
+
+def progress_bars(stream=None) -> bool:
+    """Ray Data's per-operator progress bars when a person watches (stderr is a terminal); off in
+    logs and `ray job logs`, where they are thousands of redrawn lines."""
+    on = (stream or sys.stderr).isatty()
+    ray.data.DataContext.get_current().enable_progress_bars = on
+    return on
 
 
 def drop_committed(ds: ray.data.Dataset, out: str, dataset: str) -> tuple[ray.data.Dataset, int]:
@@ -82,15 +89,19 @@ def run(description: str, config_cls: type[PipelineConfig], build, schema: Datas
     return write(ds, out, schema, cfg, stages)
 
 
-def print_summary(info: dict, where: str) -> None:
+def print_summary(info: dict, where: str, file=None) -> None:
+    """The latest run's per-stage table, as stored in dataset.json. `seconds` is the stage's work
+    summed over its tasks and actors (not wall clock: stages overlap when streaming), and rows/s is
+    rows in over those seconds, i.e. one worker's rate."""
     run = info["runs"][-1]
+    rate = f", {run['samples_per_second']:.2f} samples/s" if run.get("samples_per_second") else ""
     print(f"\n{info['dataset']}: {run['samples_written']} samples in {len(run['shards_written'])} new shards "
-          f"({run['wall_seconds']:.1f} s); dataset now {info['counts']['samples']} samples, "
-          f"{info['counts']['shards']} shards, {info['counts']['rejects']} rejects")
-    print(f"{'stage':<20}{'in':>8}{'out':>8}{'rejected':>10}{'rows/s':>10}  reasons")
+          f"({run['wall_seconds']:.1f} s wall{rate}); dataset now {info['counts']['samples']} samples, "
+          f"{info['counts']['shards']} shards, {info['counts']['rejects']} rejects", file=file)
+    print(f"{'stage':<20}{'in':>8}{'out':>8}{'rejected':>10}{'seconds':>10}{'rows/s':>10}  reasons", file=file)
     for s in run["stages"]:
         rps = "-" if s["rows_per_second"] is None else f"{s['rows_per_second']:.1f}"
-        print(f"{s['stage']:<20}{s['rows_in']:>8}{s['rows_out']:>8}{sum(s['rejected'].values()):>10}{rps:>10}  "
-              f"{json.dumps(s['rejected']) if s['rejected'] else ''}")
+        print(f"{s['stage']:<20}{s['rows_in']:>8}{s['rows_out']:>8}{sum(s['rejected'].values()):>10}"
+              f"{s['seconds']:>10.2f}{rps:>10}  {json.dumps(s['rejected']) if s['rejected'] else ''}", file=file)
     print(f"shards:    {where}/shards\nmanifests: {where}/manifest\nrejects:   {where}/rejects\n"
-          f"info:      {where}/dataset.json")
+          f"info:      {where}/dataset.json\nreport:    subjectforge report {where}", file=file)
