@@ -23,6 +23,7 @@ DEMO_CONFIG := $(if $(wildcard ../shared/assets/images/dreambench),configs/dip.p
 demo: $(VENV)/.installed
 	$(BIN)/python pipelines/dip.py --config $(DEMO_CONFIG) --out $(OUT)
 	$(BIN)/subjectforge validate $(OUT)/dip
+	$(BIN)/subjectforge report $(OUT)/dip
 	@echo "shards: $(OUT)/dip/shards  manifests: $(OUT)/dip/manifest  (pandas.read_parquet('$(OUT)/dip/manifest'))"
 
 test: $(VENV)/.installed
