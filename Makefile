@@ -30,7 +30,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/shard_io.py
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -20,8 +20,8 @@ import numpy as np
 
 from schemas.batch import Reject
 from workers.base import Worker, image_of, text_of, torch_dtype
-from workers.text_to_image import (generation_problem, generators, groups_by_size, seed_of, tiny_flux_parts,
-                                   tiny_flux_transformer, to_uint8)
+from workers.text_to_image import (full_flux_parts, full_flux_transformer, generation_problem, generators,
+                                   groups_by_size, seed_of, tiny_flux_parts, tiny_flux_transformer, to_uint8)
 
 
 def mask_of(row: dict, column: str, shape: tuple[int, int]) -> np.ndarray:
@@ -156,5 +156,26 @@ def build_tiny(directory, seed: int = 0) -> pathlib.Path:
     vae_scale = 2 ** (len(parts["vae"].config.block_out_channels) - 1)
     in_channels = 64 + 64 + vae_scale * vae_scale * 4
     pipe = FluxFillPipeline(transformer=tiny_flux_transformer(seed, in_channels=in_channels, out_channels=64), **parts)
+    pipe.save_pretrained(directory)
+    return directory
+
+
+# FLUX.1 Fill [dev]'s transformer input: noisy latents (64) + masked-image latents (64) + the 8x8
+# pixel mask of each latent cell packed 2x2 (8 * 8 * 4 = 256), as build_tiny derives it
+FILL_IN_CHANNELS = 64 + 64 + 8 * 8 * 4
+
+
+def build_full(directory, seed: int = 0, device: str | None = None) -> pathlib.Path:
+    """FLUX.1 Fill [dev] at production size with random weights: FLUX.1's transformer with 384
+    input channels (11.9B) and FLUX.1 [dev]'s text encoders and VAE; see
+    workers.text_to_image.build_full."""
+    from diffusers import FluxFillPipeline
+
+    from workers.tiny import random_init
+
+    directory = pathlib.Path(directory)
+    with random_init(seed, device):
+        pipe = FluxFillPipeline(transformer=full_flux_transformer(FILL_IN_CHANNELS, out_channels=64),
+                                **full_flux_parts())
     pipe.save_pretrained(directory)
     return directory

@@ -179,3 +179,36 @@ def build_tiny(directory, seed: int = 0) -> Path:
     model = instantiate(config.model, _recursive_=True)
     torch.save({"model": model.state_dict()}, directory / TINY_CHECKPOINT)
     return directory
+
+
+# SAM 2.1 hiera-l, the `facebook/sam2.1-hiera-large` of the GPU configs: the sam2 package's own
+# config and checkpoint file name, so resolve() pairs them as it does for a downloaded checkpoint.
+FULL_CONFIG, FULL_CHECKPOINT = "configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"
+
+
+def full_model():
+    """SAM 2.1 hiera-l from the package's config, random weights (224.4M parameters)."""
+    import os
+
+    import sam2
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(os.path.join(os.path.dirname(sam2.__file__), FULL_CONFIG))
+    return instantiate(config.model, _recursive_=True)
+
+
+def build_full(directory, seed: int = 0, device: str | None = None) -> Path:
+    """SAM 2.1 hiera-l with random weights, saved as the official checkpoint file name alone (no
+    yaml): the worker loads it with the package's sam2.1_hiera_l.yaml through build_sam2. Float32
+    weights, as the real checkpoint; the worker adds bf16 autocast."""
+    import torch
+
+    from workers.tiny import random_init
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with random_init(seed, device, dtype="float32"):
+        model = full_model()
+    torch.save({"model": model.state_dict()}, directory / FULL_CHECKPOINT)
+    return directory

@@ -1,13 +1,17 @@
 """The `tiny` profile's models: every role's architecture with a small config and random weights,
 saved in the library's own format so the worker loads it through the same loader as the real
-model. Random weights cost the same compute as real ones at the same size.
+model. Random weights cost the same compute as real ones at the same size, so the same roles at
+production size (`--size full`, each module's build_full: FLUX.1, Grounding DINO base, SAM 2.1
+large, Qwen2.5-VL-7B, DINOv2 base, CLIP ViT-L/14) measure GPU throughput without a model hub.
 
     python -m workers.tiny out/tiny-models            # build every role that is missing
     python -m workers.tiny out/tiny-models --role vlm
+    python -m workers.tiny out/full-models --size full --role grounding   # on a GPU machine
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import shutil
 import uuid
@@ -25,18 +29,43 @@ BUILDERS: dict[str, tuple[str, dict]] = {
     "face_analysis": ("workers.face_analysis", {}),
     "background_removal": ("workers.background_removal", {}),
 }
+# The roles with a production-size builder (build_full). Face analysis and background removal
+# are ONNX graphs with no library config to build them from.
+FULL_ROLES = ("text_to_image", "inpainting", "grounding", "segmentation", "vlm", "image_encoder", "clip")
+SIZES = ("tiny", "full")
 DONE = ".built"  # written last: a directory without it is a build that did not finish
 
 
-def build(role: str, directory: str | Path, seed: int = 0) -> Path:
+@contextlib.contextmanager
+def random_init(seed: int = 0, device: str | None = None, dtype: str = "bfloat16"):
+    """Build a production-size model where it will run and in the precision it runs in: FLUX's
+    12B parameters initialised in float32 on the CPU need ~48 GB and many minutes, on a GPU in
+    bf16 seconds. Modules created inside get `device` (default: cuda when there is one) and
+    `dtype`; save_pretrained keeps that dtype and the workers cast on load anyway."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    previous = torch.get_default_dtype()
+    torch.manual_seed(seed)
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build(role: str, directory: str | Path, seed: int = 0, size: str = "tiny") -> Path:
     """Build one role into `directory` (replacing it), atomically: a half-built model is never
     mistaken for a finished one."""
+    if size == "full" and role not in FULL_ROLES:
+        raise ValueError(f"{role} has no production-size builder (only {', '.join(FULL_ROLES)})")
     module, kwargs = BUILDERS[role]
     directory = Path(directory)
     tmp = directory.with_name(f"_tmp-{uuid.uuid4().hex[:8]}-{directory.name}")
     try:
-        importlib.import_module(module).build_tiny(tmp, seed=seed, **kwargs)
-        (tmp / DONE).write_text(role)
+        getattr(importlib.import_module(module), f"build_{size}")(tmp, seed=seed, **kwargs)
+        (tmp / DONE).write_text(marker(role, size))
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)
@@ -45,14 +74,21 @@ def build(role: str, directory: str | Path, seed: int = 0) -> Path:
     return directory
 
 
-def ensure(root: str | Path, roles=None, seed: int = 0) -> dict[str, Path]:
-    """The tiny model of each role under root/<role>, built if missing."""
+def marker(role: str, size: str) -> str:
+    """What DONE holds: the role, and the size unless tiny (so older tiny caches stay valid)."""
+    return role if size == "tiny" else f"{role} {size}"
+
+
+def ensure(root: str | Path, roles=None, seed: int = 0, size: str = "tiny") -> dict[str, Path]:
+    """The model of each role under root/<role> (tiny, or production-size with size="full"),
+    built if missing or built at the other size (a tiny model never passes for a full one)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     out = {}
     for role in roles or BUILDERS:
         d = root / role
-        out[role] = d if (d / DONE).exists() else build(role, d, seed)
+        done = d / DONE
+        out[role] = d if done.exists() and done.read_text() == marker(role, size) else build(role, d, seed, size)
     return out
 
 
@@ -75,14 +111,15 @@ def main(argv=None) -> None:
     p.add_argument("root")
     p.add_argument("--role", action="append", choices=sorted(BUILDERS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", choices=SIZES, default="tiny", help="full: production size (a GPU and tens of GB)")
     p.add_argument("--rebuild", action="store_true")
     args = p.parse_args(argv)
-    roles = args.role or list(BUILDERS)
+    roles = args.role or list(BUILDERS if args.size == "tiny" else FULL_ROLES)
     if args.rebuild:
         for r in roles:
-            print(r, build(r, Path(args.root) / r, args.seed))
+            print(r, build(r, Path(args.root) / r, args.seed, args.size))
     else:
-        for r, d in ensure(args.root, roles, args.seed).items():
+        for r, d in ensure(args.root, roles, args.seed, args.size).items():
             print(r, d)
 
 
