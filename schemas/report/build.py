@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from schemas.contract import decode_member
@@ -118,7 +119,7 @@ def summary(dataset_dir: str, dataset: str, manifest: pd.DataFrame) -> dict:
 
 def default_out(dataset_dir: str) -> Path:
     fs, path = resolve_filesystem(dataset_dir)
-    if type(fs).__name__ == "LocalFileSystem":
+    if isinstance(fs, pafs.LocalFileSystem):
         return Path(path) / "report"
     return Path(f"{path.rstrip('/').rsplit('/', 1)[-1]}-report")
 
