@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import uuid
 from functools import partial
 from pathlib import Path
 
@@ -166,10 +167,13 @@ def group_phase(cfg: MultiIDConfig, out: str, centers: np.ndarray, references: d
 
     ds = cpu(ds, "split", finish, stages)
     ds = cpu(ds, "encode", partial(encode_members, schema=SCHEMA), stages)
-    # paired photos in shards of their own, then unpaired ones and every reject
-    info = write(ds.filter(lambda r: r.get("paired") is True and not r.get("reject_reason")), out, SCHEMA, cfg, stages)
+    # paired photos in shards of their own, then unpaired ones and every reject: two passes of one
+    # run, so dataset.json and the printed summary have one stage table that counts every photo
+    run_id = uuid.uuid4().hex
+    write(ds.filter(lambda r: r.get("paired") is True and not r.get("reject_reason")), out, SCHEMA, cfg, stages,
+          run_id=run_id, summary=False)
     info = write(ds.filter(lambda r: not (r.get("paired") is True and not r.get("reject_reason"))), out, SCHEMA, cfg,
-                 stages)
+                 stages, run_id=run_id)
     record_split(out, held, photo_ids, ds, chosen)
     return info
 

@@ -43,12 +43,24 @@ def batch_of(rows: list[dict]) -> pa.Table:
     return pa.table({c: _column([r.get(c) for r in rows]) for c in cols})
 
 
+# A source built on the driver is cut into blocks: Ray Data hands an actor pool one task per input
+# block, so a single block of the whole input would keep every actor of the first model pool but
+# one idle, and nothing would reach the shards (be committed) before that one task ends.
+MIN_BLOCK_ROWS = 4
+MAX_BLOCKS = 1000
+
+
 def dataset_of(rows: list[dict]):
-    """Row dicts built on the driver -> a Ray Dataset with batch_of's column types; no rows is an
-    empty Dataset (batch_of([]) is a table without columns, which Ray cannot read)."""
+    """Row dicts built on the driver -> a Ray Dataset with batch_of's column types, in blocks of
+    at least MIN_BLOCK_ROWS rows and at most MAX_BLOCKS blocks; no rows is an empty Dataset
+    (batch_of([]) is a table without columns, which Ray cannot read)."""
     import ray
 
-    return ray.data.from_arrow(batch_of(rows)) if rows else ray.data.from_items([])
+    if not rows:
+        return ray.data.from_items([])
+    table = batch_of(rows)
+    step = max(MIN_BLOCK_ROWS, -(-len(rows) // MAX_BLOCKS))
+    return ray.data.from_arrow([table.slice(i, step) for i in range(0, len(rows), step)])
 
 
 def _column(values: list) -> pa.Array:

@@ -67,12 +67,16 @@ def drop_committed(ds: ray.data.Dataset, out: str, dataset: str) -> tuple[ray.da
 
 
 def write(ds: ray.data.Dataset, out: str, schema: DatasetSchema, cfg: PipelineConfig,
-          stages: list[str]) -> dict:
+          stages: list[str], run_id: str | None = None, summary: bool = True) -> dict:
+    """Write `ds` as the dataset's shards; a run that writes in passes gives each the same run_id
+    (one record in dataset.json) and prints the summary after the last (summary=False before)."""
     sink = ShardDatasink(dataset_uri(out, schema.name), schema, target_bytes=cfg.write.target_shard_bytes,
-                         target_samples=cfg.write.target_shard_samples, config=cfg.model_dump(), stages=stages)
+                         target_samples=cfg.write.target_shard_samples, config=cfg.model_dump(), stages=stages,
+                         run_id=run_id)
     ds.write_datasink(sink)
     info = sink.summary or sink.write_info([])
-    print_summary(info, dataset_uri(out, schema.name))
+    if summary:
+        print_summary(info, dataset_uri(out, schema.name))
     return info
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import posixpath
 import time
+import uuid
 from collections import Counter, defaultdict
 from importlib import metadata
 
@@ -110,13 +111,16 @@ class ShardDatasink(Datasink):
 
     out: the dataset directory (local path or URI); target_bytes / target_samples: when a shard is
     full; config: the resolved config stored in dataset.json; stages: stage names in DAG order, for
-    the per-stage table.
+    the per-stage table; run_id: one pipeline run that writes the dataset in several passes (MultiID
+    writes paired, then unpaired photos) passes the same id to each pass's sink, and dataset.json
+    keeps one record of the run, its passes merged (default: a new run).
     """
 
     def __init__(self, out: str, schema: DatasetSchema, *, target_bytes: int = DEFAULT_TARGET_BYTES,
                  target_samples: int | None = None, config: dict | None = None,
-                 stages: list[str] | None = None, filesystem=None):
+                 stages: list[str] | None = None, filesystem=None, run_id: str | None = None):
         self.schema = schema
+        self.run_id = run_id or uuid.uuid4().hex
         self.out = DatasetDir.open(out, dataset=schema.name, filesystem=filesystem)
         self.target_bytes = target_bytes
         self.target_samples = target_samples
@@ -257,6 +261,8 @@ class ShardDatasink(Datasink):
                 stage_seconds[s] += t
         samples = sum(r["samples"] for r in returns)
         run = {
+            "run_id": self.run_id,
+            "passes": 1,
             "started": self.started,
             "wall_seconds": round(wall, 3),
             "samples_written": samples,
@@ -267,13 +273,18 @@ class ShardDatasink(Datasink):
             "removed_uncommitted": self.removed,
         }
         previous = self.out.read_info() or {}
+        runs = previous.get("runs") or []
+        if runs and runs[-1].get("run_id") == self.run_id:  # a later pass of the same run
+            runs = runs[:-1] + [merge_passes(runs[-1], run)]
+        else:
+            runs = runs + [run]
         info = {
             "dataset": self.schema.name,
             "schema_version": self.schema.version,
             "config": to_jsonable(self.config),
             "packages": package_versions(),
             "counts": dataset_counts(self.out),
-            "runs": (previous.get("runs") or []) + [run],
+            "runs": runs,
         }
         self.out.write_bytes_atomic(self.out.sub("dataset.json"),
                                     json.dumps(info, indent=2).encode())
@@ -292,6 +303,28 @@ def stage_table(order: list[str], rows: Counter, seconds: dict, rejects: Counter
                       "rejected": rejected, "seconds": round(t, 4),
                       "rows_per_second": round(n_in / t, 3) if t > 0 else None})
     return table
+
+
+def merge_passes(first: dict, later: dict) -> dict:
+    """One run record from two passes of the same run: counts and stage work added up, the wall
+    clock from the first pass's start to the later one's end."""
+    rows, seconds, rejects = Counter(), defaultdict(float), Counter()
+    order = []
+    for s in first["stages"] + later["stages"]:
+        if s["stage"] not in order:
+            order.append(s["stage"])
+        rows[s["stage"]] += s["rows_in"]
+        seconds[s["stage"]] += s["seconds"]
+        for reason, n in s["rejected"].items():
+            rejects[(s["stage"], reason)] += n
+    wall = round(later["started"] + later["wall_seconds"] - first["started"], 3)
+    samples = first["samples_written"] + later["samples_written"]
+    return dict(first, passes=first.get("passes", 1) + later.get("passes", 1), wall_seconds=wall,
+                samples_written=samples, shards_written=sorted(first["shards_written"] + later["shards_written"]),
+                bytes_written=first["bytes_written"] + later["bytes_written"],
+                samples_per_second=round(samples / wall, 3) if wall > 0 else None,
+                stages=stage_table(order, rows, seconds, rejects),
+                removed_uncommitted=first["removed_uncommitted"] + later["removed_uncommitted"])
 
 
 def dataset_counts(out: DatasetDir) -> dict:

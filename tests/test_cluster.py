@@ -18,6 +18,8 @@ import pytest
 from tests.conftest import ROOT, assets_or_skip
 
 BIN = Path(sys.executable).parent
+# a file in the local output folder that must not travel with the working dir
+SENTINEL = ROOT / "out" / "local-output-not-for-upload.txt"
 
 
 def free_port() -> int:
@@ -102,6 +104,8 @@ def test_every_pipeline_through_ray_job_submit(head):
                     f"groups={assets / 'images/faces/groups'}", "--set",
                     f"face_analysis.model={assets / 'models/insightface_pack'}"],
     }
+    SENTINEL.parent.mkdir(exist_ok=True)
+    SENTINEL.write_text("a local output: .rayignore keeps it off the cluster")
     for name, extra in jobs.items():
         out = tmp / f"out-{name}"
         state, logs = submit(address, env, "python", f"pipelines/{name}.py", "--config", f"configs/{name}.tiny.yaml",
@@ -114,10 +118,15 @@ def test_every_pipeline_through_ray_job_submit(head):
             assert report.ok and report.samples > 0, (d, report.problems[:3])
         info = json.loads((out / name / "dataset.json").read_text())
         assert info["runs"][-1]["stages"], name
-    # the upload carried the project, not the virtualenv, outputs or caches (.gitignore)
-    packages = list((tmp / "ray").glob("session_*/runtime_resources/working_dir_files/*"))
+    # the upload carried the project, not the git history, virtualenv, outputs or caches (.rayignore)
+    packages = [p for p in (tmp / "ray").glob("session_*/runtime_resources/working_dir_files/*") if p.is_dir()]
     assert packages
     for pkg in packages:
-        assert not (pkg / ".venv").exists() and not (pkg / ".pytest_cache").exists()
+        assert (pkg / "pipelines" / "dip.py").is_file() and (pkg / "configs" / "dip.tiny.yaml").is_file()
+        for left_out in (".git", ".venv", ".pytest_cache", "subjectforge.egg-info"):
+            assert not (pkg / left_out).exists(), left_out
+        # the jobs write their own out/ (the tiny models) in their copy; the local out/ stays here
+        assert not (pkg / SENTINEL.relative_to(ROOT)).exists()
         uploaded = [p for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.parts[len(pkg.parts)] != "out"]
         assert sum(p.stat().st_size for p in uploaded) < 20e6
+    SENTINEL.unlink()

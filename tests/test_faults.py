@@ -1,13 +1,20 @@
-"""Faults during a run (the SIGKILL-of-the-driver case is in test_commit_resume.py): a poison
-sample that makes a model worker raise, and a model actor killed mid-run with ray.kill. The DIP
-DAG with the scripted doubles of tests/dip_doubles.py; both in one run."""
+"""Faults during a run: the driver SIGKILLed mid-run and the run started again (the tiny DIP
+profile through `python pipelines/dip.py`, as a user runs it; test_commit_resume.py has the same
+on the synthetic pipeline, with a kill between a tar and its manifest); a poison sample that makes
+a model worker raise, and a model actor killed mid-run with ray.kill (the DIP DAG with the
+scripted doubles of tests/dip_doubles.py; both in one run)."""
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dip_doubles import DOUBLES, ScriptedVLM
+from tests.conftest import ROOT, tiny_config
+from tests.test_commit_resume import kill_group, wait_for
 
 # a worker process sees the same path: the first VLM actor to get a batch creates it and kills itself
 KILLED_ONCE = Path(tempfile.gettempdir()) / "subjectforge-test-killed-once"
@@ -57,3 +64,40 @@ def test_poison_sample_and_killed_actor(ray_local, tmp_path):
     assert list(poison["reason"]) == ["model_error"] and "crashed" in poison["detail"].iloc[0]
     assert len(rejects) == 1
     KILLED_ONCE.unlink()
+
+
+@pytest.mark.slow
+def test_sigkill_driver_mid_run_then_rerun(ray_local, tmp_path):
+    """The real DIP pipeline on the tiny models, killed (driver and its local Ray, SIGKILL) as soon
+    as its first shard is committed, then run again to the end: every input exactly once, as a
+    sample or a reject, every shard validates, and the committed samples are not generated again."""
+    from pipelines import dip
+    from schemas import load_manifest, load_rejects, validate
+
+    config = tiny_config("dip", tmp_path, write={"target_shard_samples": 2})
+    profile = yaml.safe_load(config.read_text())
+    n = profile["n_single"] + profile["n_multi"]
+    out = tmp_path / "out"
+    argv = ["--config", str(config), "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "pipelines/dip.py"), *argv], cwd=ROOT,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any((out / "dip" / "manifest").glob("dip-*.parquet")) or proc.poll() is not None,
+                 600, "a committed shard")
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        kill_group(proc)
+    partial, partial_rejects = load_manifest(str(out / "dip")), load_rejects(str(out / "dip"))
+    print(f"killed with {len(partial)} samples and {len(partial_rejects)} rejects of {n} inputs committed")
+    assert 0 < len(partial) and len(partial) + len(partial_rejects) < n  # killed mid-run: work was left
+    assert validate(str(out / "dip")).ok  # what the kill left is consistent, before any rerun
+
+    info = dip.main(argv)
+    stages = {s["stage"]: s for s in info["runs"][-1]["stages"]}
+    assert stages["check_subjects"]["rows_in"] == n - len(partial) - len(partial_rejects)  # committed: not made again
+    df, rejects = load_manifest(str(out / "dip")), load_rejects(str(out / "dip"))
+    assert df.key.is_unique and rejects.key.is_unique and not set(df.key) & set(rejects.key)
+    assert set(partial.key) <= set(df.key) and set(partial_rejects.key) <= set(rejects.key)
+    assert len(df) + len(rejects) == n
+    report = validate(str(out / "dip"))
+    assert report.ok and report.samples == len(df) and not report.uncommitted

@@ -166,6 +166,12 @@ def test_group_photos_identities_captions_split(world):
     held = set(split["held_out"])
     for r in m.itertuples():
         assert r.split == ("bench" if held & set(r.identity_at_050) else "train")
+    # the two write passes (paired, then the rest) are one run in dataset.json, counting every photo
+    assert len(info["runs"]) == 1 and info["runs"][0]["passes"] == 2
+    stages = {st["stage"]: st for st in info["runs"][0]["stages"]}
+    assert stages["load"]["rows_in"] == len(groups)
+    assert sum(sum(st["rejected"].values()) for st in stages.values()) == len(rej)
+    assert info["runs"][0]["samples_written"] == len(m) and sorted(info["runs"][0]["shards_written"]) == sorted(set(m.shard))
     # paired photos sit in shards of their own
     paired_shards = set(m[m.paired].shard)
     assert paired_shards.isdisjoint(set(m[~m.paired].shard))
@@ -183,7 +189,8 @@ def test_rerun_does_no_work(world, ray_local):
     info, out, _, _ = world
     again = multiid.main(["--config", str(out.parent / "multiid.yaml"), "--out", str(out)],
                          workers={"vlm": CaptionVLM, "face_analysis": NaNFaces})
-    assert again["runs"][-1]["samples_written"] == 0
+    assert again["runs"][-1]["samples_written"] == 0 and again["runs"][-1]["passes"] == 2
+    assert len(again["runs"]) == 2  # a new run, its own record
     assert again["counts"]["samples"] == info["counts"]["samples"]
 
 
