@@ -85,3 +85,36 @@ def test_reject_raised_in_predict_is_a_row_reject():
 
     out = {r["key"]: r for r in rows_of(Picky()(batch_of(rows()[:2])))}
     assert out["ok"]["reject_reason"] == "too_dark" and out["gray"]["brightness"] == 1.0
+
+
+class Pid(Worker):
+    """Which actor process served each row."""
+
+    role = "pid"
+
+    def check(self, row):
+        return {"key": row["key"]}
+
+    def predict(self, inputs):
+        import os
+        import time
+
+        time.sleep(0.05)  # long enough that one actor cannot take every batch while the other starts
+        return [{"pid": os.getpid()} for _ in inputs]
+
+
+def test_driver_built_source_feeds_every_actor_of_a_pool(ray_local):
+    """Ray Data hands an actor pool one task per input block: dataset_of cuts the driver's rows into
+    blocks, so both actors of a 2-actor pool get work (a single block would keep one idle)."""
+    from schemas.batch import MAX_BLOCKS, MIN_BLOCK_ROWS, dataset_of
+    from schemas.pipeline_configs import ModelSpec
+
+    rows_in = [{"key": f"k{i}", "n": i} for i in range(48)]
+    ds = dataset_of(rows_in)
+    assert ds.num_blocks() == 48 // MIN_BLOCK_ROWS
+    assert ds.take_all() == rows_in  # order and values kept
+    assert dataset_of([{"key": f"k{i}"} for i in range(MAX_BLOCKS * 10 + 1)]).num_blocks() <= MAX_BLOCKS
+    args = pool_args(Pid, ModelSpec(model="none", dtype="float32", batch_size=4, concurrency=2), stage="pid")
+    got = ds.map_batches(Pid, **args).take_all()
+    assert sorted(r["key"] for r in got) == sorted(r["key"] for r in rows_in)
+    assert len({r["pid"] for r in got}) == 2
