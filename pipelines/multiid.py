@@ -169,11 +169,12 @@ def group_phase(cfg: MultiIDConfig, out: str, centers: np.ndarray, references: d
     ds = cpu(ds, "encode", partial(encode_members, schema=SCHEMA), stages)
     # paired photos in shards of their own, then unpaired ones and every reject: two passes of one
     # run, so dataset.json and the printed summary have one stage table that counts every photo
+    def paired_sample(r) -> bool:
+        return r.get("paired") is True and not r.get("reject_reason")
+
     run_id = uuid.uuid4().hex
-    write(ds.filter(lambda r: r.get("paired") is True and not r.get("reject_reason")), out, SCHEMA, cfg, stages,
-          run_id=run_id, summary=False)
-    info = write(ds.filter(lambda r: not (r.get("paired") is True and not r.get("reject_reason"))), out, SCHEMA, cfg,
-                 stages, run_id=run_id)
+    write(ds.filter(paired_sample), out, SCHEMA, cfg, stages, run_id=run_id, summary=False)
+    info = write(ds.filter(lambda r: not paired_sample(r)), out, SCHEMA, cfg, stages, run_id=run_id)
     record_split(out, held, photo_ids, ds, chosen)
     return info
 

@@ -268,7 +268,7 @@ class ShardDatasink(Datasink):
             "samples_written": samples,
             "shards_written": sorted(s for r in returns for s in r["shards"]),
             "bytes_written": sum(r["bytes"] for r in returns),
-            "samples_per_second": round(samples / wall, 3) if wall > 0 else None,
+            "samples_per_second": per_second(samples, wall),
             "stages": stage_table(self.stages, stage_rows, stage_seconds, rejects),
             "removed_uncommitted": self.removed,
         }
@@ -291,6 +291,10 @@ class ShardDatasink(Datasink):
         return info
 
 
+def per_second(n: int, seconds: float) -> float | None:
+    return round(n / seconds, 3) if seconds > 0 else None
+
+
 def stage_table(order: list[str], rows: Counter, seconds: dict, rejects: Counter) -> list[dict]:
     """Per stage: rows in (timed there), out, rejected by reason, seconds, rows per second."""
     names = list(order) + sorted(({s for s in rows} | {s for s, _ in rejects}) - set(order))
@@ -301,7 +305,7 @@ def stage_table(order: list[str], rows: Counter, seconds: dict, rejects: Counter
         t = seconds.get(s, 0.0)
         table.append({"stage": s, "rows_in": n_in, "rows_out": n_in - sum(rejected.values()),
                       "rejected": rejected, "seconds": round(t, 4),
-                      "rows_per_second": round(n_in / t, 3) if t > 0 else None})
+                      "rows_per_second": per_second(n_in, t)})
     return table
 
 
@@ -322,7 +326,7 @@ def merge_passes(first: dict, later: dict) -> dict:
     return dict(first, passes=first.get("passes", 1) + later.get("passes", 1), wall_seconds=wall,
                 samples_written=samples, shards_written=sorted(first["shards_written"] + later["shards_written"]),
                 bytes_written=first["bytes_written"] + later["bytes_written"],
-                samples_per_second=round(samples / wall, 3) if wall > 0 else None,
+                samples_per_second=per_second(samples, wall),
                 stages=stage_table(order, rows, seconds, rejects),
                 removed_uncommitted=first["removed_uncommitted"] + later["removed_uncommitted"])
 

@@ -1,5 +1,11 @@
-"""Shared test helpers: write synthetic rows through the real datasink."""
+"""Shared test helpers: write synthetic rows through the real datasink; wait for and kill a run
+started as a subprocess."""
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
 
 import numpy as np
 
@@ -86,3 +92,18 @@ def tar_members(dataset_dir) -> dict[str, dict[str, bytes]]:
                 key, name = m.name.split(".", 1)
                 samples.setdefault(key, {})[name] = t.extractfile(m).read()
     return samples
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(1)  # let any orphan of the group die before the state is inspected

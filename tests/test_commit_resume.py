@@ -1,11 +1,8 @@
 """Atomic shard commit, per-sample resume, and a SIGKILL mid-run followed by a rerun."""
 import hashlib
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -13,27 +10,12 @@ import pytest
 from pipelines import synthetic
 from schemas import load_manifest, load_rejects, read_samples, validate
 from tests.conftest import ROOT
-from tests.helpers import synthetic_rows, write_rows
+from tests.helpers import kill_group, synthetic_rows, wait_for, write_rows
 
 
 def files_digest(out: Path) -> dict:
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
             for d in ("shards", "manifest", "rejects") for p in sorted((out / d).glob("*"))}
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    time.sleep(1)  # let any orphan of the group die before the state is inspected
 
 
 KILL_BETWEEN_TAR_AND_MANIFEST = textwrap.dedent("""

@@ -14,7 +14,7 @@ import yaml
 
 from dip_doubles import DOUBLES, ScriptedVLM
 from tests.conftest import ROOT, tiny_config
-from tests.test_commit_resume import kill_group, wait_for
+from tests.helpers import kill_group, wait_for
 
 # a worker process sees the same path: the first VLM actor to get a batch creates it and kills itself
 KILLED_ONCE = Path(tempfile.gettempdir()) / "subjectforge-test-killed-once"

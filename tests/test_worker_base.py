@@ -1,5 +1,8 @@
 """The batch protocol every worker shares: bad input -> reject rows, a poison sample isolated from
 its batch, timings, rejected rows passed through untouched."""
+import os
+import time
+
 import numpy as np
 import pytest
 
@@ -96,9 +99,6 @@ class Pid(Worker):
         return {"key": row["key"]}
 
     def predict(self, inputs):
-        import os
-        import time
-
         time.sleep(0.05)  # long enough that one actor cannot take every batch while the other starts
         return [{"pid": os.getpid()} for _ in inputs]
 
