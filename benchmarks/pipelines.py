@@ -4,7 +4,7 @@ steps as a bare loop, in one run.
     python benchmarks/pipelines.py dip [--config configs/dip.tiny.yaml] [--set n_single=40 ...] [--json out.json]
     python benchmarks/pipelines.py uper
 
-Both sides run pipelines.<name>.plan(cfg) on the same source rows: the pipeline through build() and
+Both sides run pipelines.<name>.plan(cfg) on the same source rows: the pipeline through Plan.apply and
 the writer (embedded Ray, the config's CPUs and actor pools), the bare loop in this process, one
 step after another over batches of the step's batch size, each worker constructed once. The bare
 time is the sum of the worker loops (model calls only, loads excluded) plus the CPU steps; the
@@ -18,48 +18,34 @@ import json
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import importlib  # noqa: E402
 
-from schemas.batch import batch_of, is_rejected, rows_of, run_rows  # noqa: E402
-from schemas.config import load_config  # noqa: E402
-from schemas.job import start_ray, write  # noqa: E402
-from schemas.pipeline_configs import PIPELINE_CONFIGS  # noqa: E402
-from workers import tiny  # noqa: E402
+from runtime.rows import is_rejected  # noqa: E402
+from runtime.config import load_config  # noqa: E402
+from runtime.driver import start_ray, write  # noqa: E402
+from configs import PIPELINE_CONFIGS  # noqa: E402
+from builders import ensure_for  # noqa: E402
 
 PIPELINES = ("dip", "uper", "iapo")
 
 
-def bare(module, cfg, rows: list[dict]) -> dict:
-    seconds, loads = defaultdict(float), {}
-    for step in module.plan(cfg):
-        if step.fn is None:
-            t0 = time.perf_counter()
-            worker = step.cls(**{"model": step.spec.model, "dtype": step.spec.dtype, "stage": step.name, **step.kwargs})
-            loads[step.name] = time.perf_counter() - t0
-            fn, size = worker, step.spec.batch_size
-        else:
-            fn, size = (lambda b, s=step: run_rows(s.name, s.fn, b)), 8
-        out = []
-        for i in range(0, len(rows), size):
-            t0 = time.perf_counter()
-            out += rows_of(fn(batch_of(rows[i:i + size])))
-            seconds[step.name] += time.perf_counter() - t0
-        rows = out
+def bare(plan, rows: list[dict]) -> dict:
+    """The plan's steps in this process (Plan.run_local): model calls and CPU steps timed, loads not."""
+    seconds, loads = {}, {}
+    rows = plan.run_local(rows, seconds=seconds, loads=loads)
     samples = sum(not is_rejected(r) for r in rows)
     return {"samples": samples, "seconds": sum(seconds.values()), "load_seconds": sum(loads.values()),
             "model_seconds": sum(t for s, t in seconds.items() if s in loads), "per_step": dict(seconds)}
 
 
-def pipeline(module, cfg) -> dict:
+def pipeline(module, plan, cfg) -> dict:
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        ds, stages = module.build(cfg, out)
-        info = write(ds, out, module.SCHEMA, cfg, stages)
+        info = write(plan.apply(module.source(cfg, plan), out, log=lambda *a: None), out, plan, cfg)
         wall = time.perf_counter() - t0
     return {"samples": info["runs"][-1]["samples_written"], "seconds": wall}
 
@@ -78,11 +64,12 @@ def main(argv=None) -> dict:
     config = args.config or str(Path(__file__).resolve().parents[1] / "configs" / f"{args.pipeline}.tiny.yaml")
     module = importlib.import_module(f"pipelines.{args.pipeline}")
     cfg = load_config(PIPELINE_CONFIGS[args.pipeline], config, args.set)
-    tiny.ensure_for(cfg)
+    ensure_for(cfg)
     start_ray(cfg)
-    rows = module.source(cfg).take_all()  # inputs read once, outside both timings
-    b = bare(module, cfg, rows)
-    pl = pipeline(module, cfg)
+    plan = module.plan(cfg).check()
+    rows = module.source(cfg, plan).take_all()  # inputs read once, outside both timings
+    b = bare(plan, rows)
+    pl = pipeline(module, plan, cfg)
     result = {
         "name": args.pipeline, "config": config, "inputs": len(rows), "bare": b, "pipeline": pl,
         "bare_per_hour": per_hour(b["samples"], b["seconds"]),

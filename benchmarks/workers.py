@@ -13,7 +13,7 @@ here: Ray Data has the actor's next batch running before the first output reache
 timing from that output would give the pool a head start (up to a batch; 20% at 12 batches). One
 line per role ending in `ratio <pipeline/bare>`.
 
---gpu: the same on a CUDA device with production-size random-weight models (workers.tiny
+--gpu: the same on a CUDA device with production-size random-weight models (builders
 --size full: FLUX.1 [dev] and Fill [dev], Grounding DINO base, SAM 2.1 large, Qwen2.5-VL-7B,
 DINOv2 base), each role's dtype and batch size from configs/*.gpu.yaml and its inputs at the
 production settings (DIPConfig's defaults: 1024 px, a 2048x1024 diptych in 28 steps, 50 Fill
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from schemas.batch import batch_of  # noqa: E402
+from runtime.rows import batch_of  # noqa: E402
 from stages.synthetic import random_image, random_mask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,14 +57,16 @@ def roles(models: dict[str, Path]) -> dict:
     faces, u2netp = FACES, U2NETP
     return {
         "text_to_image": ("workers.text_to_image:TextToImage",
-                          {"model": str(models["text_to_image"]), "height": 64, "width": 64, "steps": 2},
+                          {"model": str(models["text_to_image"]), "height": 64, "width": 64, "steps": 2,
+                           "left": "ref", "right": "win"},
                           lambda rng, i: {"prompt": f"a red teapot {i} on a table", "seed": i}),
-        "inpainting": ("workers.inpainting:Inpainting", {"model": str(models["inpainting"]), "steps": 2},
+        "inpainting": ("workers.inpainting:Inpainting", {"model": str(models["inpainting"]), "steps": 2,
+                                                         "image": "win", "prompt": "caption", "output": "lose"},
                        lambda rng, i: {"win": image(rng), "mask": random_mask(rng, 64, 64) | _center(64),
                                        "caption": "a blue ceramic teapot", "seed": i}),
-        "grounding": ("workers.grounding:Grounding", {"model": str(models["grounding"])},
+        "grounding": ("workers.grounding:Grounding", {"model": str(models["grounding"]), "image": "win"},
                       lambda rng, i: {"win": image(rng, 96), "phrases": ["teapot", "table"]}),
-        "segmentation": ("workers.segmentation:Segmentation", {"model": str(models["segmentation"])},
+        "segmentation": ("workers.segmentation:Segmentation", {"model": str(models["segmentation"]), "image": "win"},
                          lambda rng, i: {"win": image(rng, 96), "boxes": np.array([[8, 8, 60, 60]], np.float32)}),
         "vlm": ("workers.vlm:VLM", {"model": str(models["vlm"]), "max_new_tokens": 8},
                 lambda rng, i: {"image": image(rng), "prompt": "Describe the object."}),
@@ -74,7 +76,7 @@ def roles(models: dict[str, Path]) -> dict:
                           {"model": str(faces if faces.is_dir() else models["face_analysis"]), "det_size": 320},
                           lambda rng, i: {"image": image(rng, 160)}),
         "background_removal": ("workers.background_removal:BackgroundRemoval",
-                               {"model": str(u2netp if u2netp.exists() else models["background_removal"])},
+                               {"model": str(u2netp if u2netp.exists() else models["background_removal"]), "image": "ref"},
                                lambda rng, i: {"ref": image(rng, 160)}),
     }
 
@@ -82,25 +84,26 @@ def roles(models: dict[str, Path]) -> dict:
 def production_roles(models: dict[str, Path]) -> dict:
     """roles() at production settings: DIPConfig's defaults are the paper's and the GPU configs'
     (they set no generation sizes of their own), MultiID's detector at insightface's 640 px."""
-    from schemas.pipeline_configs import DIPConfig
+    from configs import DIPConfig
 
     dip = DIPConfig()
     n = dip.image_size
     return {
         "text_to_image": ("workers.text_to_image:TextToImage",
                           {"model": str(models["text_to_image"]), "height": n, "width": n, "steps": dip.steps,
-                           "guidance": dip.guidance},
+                           "guidance": dip.guidance, "left": "ref", "right": "win"},
                           lambda rng, i: {"prompt": f"two side by side images of the same red teapot {i}", "seed": i}),
         "inpainting": ("workers.inpainting:Inpainting",
                        {"model": str(models["inpainting"]), "steps": dip.inpaint_steps, "guidance": dip.inpaint_guidance,
-                        "dilation_px": dip.mask_dilation_px, "feather_px": dip.mask_feather_px},
+                        "dilation_px": dip.mask_dilation_px, "feather_px": dip.mask_feather_px,
+                        "image": "win", "prompt": "caption", "output": "lose"},
                        lambda rng, i: {"win": image(rng, n), "mask": random_mask(rng, n, n) | _center(n),
                                        "caption": "a blue ceramic teapot", "seed": i}),
         "grounding": ("workers.grounding:Grounding",
                       {"model": str(models["grounding"]), "box_threshold": dip.box_threshold,
-                       "text_threshold": dip.text_threshold},
+                       "text_threshold": dip.text_threshold, "image": "win"},
                       lambda rng, i: {"win": image(rng, n), "phrases": ["teapot", "table"]}),
-        "segmentation": ("workers.segmentation:Segmentation", {"model": str(models["segmentation"])},
+        "segmentation": ("workers.segmentation:Segmentation", {"model": str(models["segmentation"]), "image": "win"},
                          lambda rng, i: {"win": image(rng, n),
                                          "boxes": np.array([[n / 8, n / 8, 7 * n / 8, 7 * n / 8]], np.float32)}),
         # DIP's rubric check: the reference and the winner in one turn
@@ -114,7 +117,7 @@ def production_roles(models: dict[str, Path]) -> dict:
                           lambda rng, i: {"ref": image(rng, n), "win": image(rng, n)}),
         "face_analysis": ("workers.face_analysis:FaceAnalysis", {"model": str(FACES), "det_size": 640},
                           lambda rng, i: {"image": image(rng, n)}),
-        "background_removal": ("workers.background_removal:BackgroundRemoval", {"model": str(U2NETP)},
+        "background_removal": ("workers.background_removal:BackgroundRemoval", {"model": str(U2NETP), "image": "ref"},
                                lambda rng, i: {"ref": image(rng, n)}),
     }
 
@@ -124,8 +127,8 @@ def gpu_specs() -> dict:
     sets that role (a role a file leaves out keeps a CPU-sized default there)."""
     import yaml
 
-    from schemas.config import load_config
-    from schemas.pipeline_configs import PIPELINE_CONFIGS, ModelSpec
+    from runtime.config import load_config
+    from configs import PIPELINE_CONFIGS, ModelSpec
 
     specs = {}
     for name in GPU_CONFIGS:
@@ -216,7 +219,7 @@ def main(argv=None) -> list[dict]:
 
     import ray
 
-    from workers import tiny
+    import builders
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     num_cpus = os.cpu_count() or 1
@@ -228,17 +231,17 @@ def main(argv=None) -> list[dict]:
         if not torch.cuda.is_available():
             raise SystemExit("--gpu needs a CUDA device")
         root = Path(args.models or ROOT / "out" / "full-models")
-        table, specs = production_roles({r: root / r for r in tiny.FULL_ROLES}), gpu_specs()
+        table, specs = production_roles({r: root / r for r in builders.FULL_ROLES}), gpu_specs()
     else:
         root = Path(args.models or tempfile.mkdtemp(prefix="tiny-models-"))
-        table = roles(tiny.ensure(root, [r for r in tiny.BUILDERS if r != "clip"]))
+        table = roles(builders.ensure(root, [r for r in builders.BUILDERS if r != "clip"]))
     results = []
     for role in args.role or table:
         path, kwargs, make = table[role]
         batch_size, num_gpus = args.batch_size or 4, None
         if args.gpu:
-            if role in tiny.FULL_ROLES:
-                tiny.ensure(root, [role], size="full")  # one production model on disk at a time
+            if role in builders.FULL_ROLES:
+                builders.ensure(root, [role], size="full")  # one production model on disk at a time
                 release_gpu()
             elif not ASSETS.is_dir():
                 print(f"{role:<20} skipped: its real model is in {ASSETS}, which is missing", flush=True)
@@ -257,7 +260,7 @@ def main(argv=None) -> list[dict]:
                         "bare_samples_per_s": round(b, 2), "pool_samples_per_s": round(pl, 2),
                         "ratio": round(pl / b, 3)})
         print(f"{role:<20} bare {b:8.2f}/s  pool {pl:8.2f}/s  ratio {pl / b:.2f}", flush=True)
-        if args.gpu and role in tiny.FULL_ROLES and not args.keep_models:
+        if args.gpu and role in builders.FULL_ROLES and not args.keep_models:
             shutil.rmtree(root / role, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

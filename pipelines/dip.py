@@ -13,20 +13,18 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ray
-
-from schemas.batch import dataset_of
+from configs.dip import DIPConfig
+from builders import ensure_for
+from runtime.driver import Pipeline, run
+from runtime.plan import Plan
+from runtime.rows import dataset_of
 from schemas.dip import SCHEMA
-from schemas.job import drop_committed, run
-from schemas.pipeline_configs import DIPConfig
 from stages import dip
-from stages.catalog import make_prompts, read_prompts
+from stages.catalog import PROMPT_FIELDS, make_prompts, read_prompts
 from stages.encode import encode_members
 from stages.keys import file_id, sample_key
-from stages.photos import dreambench_pairs, load_image
-from workers import tiny
+from stages.photos import dreambench_pairs
 from workers.background_removal import BackgroundRemoval
-from workers.base import Plan, Step, apply_steps
 from workers.grounding import Grounding
 from workers.image_encoder import ImageEncoder
 from workers.inpainting import Inpainting
@@ -37,6 +35,8 @@ from workers.vlm import VLM
 WORKERS = {"text_to_image": TextToImage, "inpainting": Inpainting, "grounding": Grounding,
            "segmentation": Segmentation, "vlm": VLM, "image_encoder": ImageEncoder,
            "background_removal": BackgroundRemoval}
+PHOTO_COLUMNS = ("subject", "class_noun", "category", "ref_path", "win_path", "prompt", "subjects", "class_nouns",
+                 "n_subjects", "seed")
 
 
 def source_rows(cfg: DIPConfig) -> list[dict]:
@@ -56,33 +56,28 @@ def source_rows(cfg: DIPConfig) -> list[dict]:
     return [dict(r, key=sample_key(inputs(r), cfg.output_fields())) for r in rows]
 
 
-def load_photos(row: dict, max_side: int) -> dict:
-    row["ref"] = load_image(row["ref_path"], max_side)
-    row["win"] = load_image(row["win_path"], max_side)
-    return row
-
-
-def source(cfg: DIPConfig) -> ray.data.Dataset:
+def source(cfg: DIPConfig, plan: Plan | None = None):
     return dataset_of(source_rows(cfg))
 
 
-def plan(cfg: DIPConfig, workers: dict | None = None) -> list[Step]:
+def plan(cfg: DIPConfig, workers: dict | None = None) -> Plan:
     """The stages in order; `workers` replaces a role's class (tests drive the gates with doubles).
-    build() runs them as Ray Data stages, benchmarks/pipelines.py as a bare loop."""
-    steps = Plan(cfg, dict(WORKERS, **(workers or {})))
+    The driver runs them as Ray Data stages, benchmarks/pipelines.py as a bare loop."""
+    steps = Plan("dip", cfg, dict(WORKERS, **(workers or {})), SCHEMA,
+                 source=PHOTO_COLUMNS if cfg.source == "photos" else PROMPT_FIELDS)
     cpu, model = steps.cpu, steps.model
 
     gen = dict(height=cfg.image_size, width=cfg.image_size, steps=cfg.steps, guidance=cfg.guidance)
+    steps.resume()
     cpu("check_subjects", dip.check_subjects)
     if cfg.source == "photos":
-        cpu("load", partial(load_photos, max_side=cfg.photo_max_side))
+        cpu("load", partial(dip.load_photos, max_side=cfg.photo_max_side))
     elif cfg.generation_mode == "diptych":
-        model("generate", "text_to_image", mode="diptych", prompt_column="diptych_prompt", **gen)
+        model("generate", "text_to_image", mode="diptych", prompt="diptych_prompt", left="ref", right="win", **gen)
     else:
         for column, prompt in (("ref", "ref_prompt"), ("win", "prompt")):
-            model(f"generate_{column}", "text_to_image", mode="independent", prompt_column=prompt,
-                  output_column=column, **gen)
-    model("prefilter", "image_encoder", image="ref", image_b="win", cosine="encoder_cosine")
+            model(f"generate_{column}", "text_to_image", mode="independent", prompt=prompt, output=column, **gen)
+    model("prefilter", "image_encoder", image="ref", image_b="win", cosine="encoder_cosine", embedding=None)
     cpu("prefilter_gate", partial(dip.encoder_gate, cosine_min=cfg.encoder_cosine_min,
                                   copy_paste=cfg.copy_paste_cosine, qa=cfg.qa))
     cpu("rubric_questions", dip.rubric_questions)
@@ -91,7 +86,7 @@ def plan(cfg: DIPConfig, workers: dict | None = None) -> list[Step]:
     cpu("positive_gate", partial(dip.positive_gate, min_score=cfg.rubric_positive_min, qa=cfg.qa))
     areas = dict(area_min=cfg.mask_area_min, area_max=cfg.mask_area_max)
     if cfg.segmenter == "salient":
-        model("segment", "background_removal", image_column="win")
+        model("segment", "background_removal", image="win")
         cpu("prior", partial(dip.prior_from_alpha, **areas))
     else:
         model("ground", "grounding", image="win", phrases="class_nouns", box_threshold=cfg.box_threshold,
@@ -106,26 +101,21 @@ def plan(cfg: DIPConfig, workers: dict | None = None) -> list[Step]:
     if cfg.inpainter == "opencv":
         cpu("inpaint", partial(dip.opencv_loser, dilation_px=cfg.mask_dilation_px))
     else:
-        model("inpaint", "inpainting", image_column="win", mask_column="mask", prompt_column="inpaint_prompt",
-              dilation_px=cfg.mask_dilation_px, feather_px=cfg.mask_feather_px, steps=cfg.inpaint_steps,
-              guidance=cfg.inpaint_guidance)
+        model("inpaint", "inpainting", image="win", mask="mask", prompt="inpaint_prompt", output="lose",
+              mask_output="inpaint_mask", dilation_px=cfg.mask_dilation_px, feather_px=cfg.mask_feather_px,
+              steps=cfg.inpaint_steps, guidance=cfg.inpaint_guidance)
     model("negative_check", "vlm", images=["ref", "lose"], prompt="rubric_prompts", output="neg_raw",
           max_new_tokens=cfg.vlm_max_new_tokens)
     cpu("negative_gate", partial(dip.negative_gate, max_score=cfg.rubric_negative_max, qa=cfg.qa))
     cpu("complexity", partial(dip.complexity, patch=cfg.complexity_patch))
-    cpu("finalize", partial(dip.finalize, fields=manifest_fields(cfg)))
+    fields = manifest_fields(cfg)
+    cpu("finalize", partial(dip.finalize, fields=fields), writes=tuple(fields))
     cpu("encode", partial(encode_members, schema=SCHEMA))
     return steps
 
 
-def build(cfg: DIPConfig, out: str, workers: dict | None = None) -> tuple[ray.data.Dataset, list[str]]:
-    """The Ray Data DAG of plan(): CPU steps as tasks (GPU actors never wait on them), model steps
-    on fixed-size actor pools; resume drops committed keys before any of it."""
-    rows = source_rows(cfg)
-    ds, done = drop_committed(dataset_of(rows), out, SCHEMA.name)
-    print(f"dip: {len(rows)} inputs, {done} keys already committed")
-    steps = plan(cfg, workers)
-    return apply_steps(ds, steps), [s.name for s in steps]
+def plans(cfg: DIPConfig, workers: dict | None = None) -> list[Plan]:
+    return [plan(cfg, workers)]
 
 
 def manifest_fields(cfg: DIPConfig) -> dict:
@@ -143,8 +133,11 @@ def manifest_fields(cfg: DIPConfig) -> dict:
     }
 
 
+PIPELINE = Pipeline(__doc__.splitlines()[0], DIPConfig, plans, source, prepare=ensure_for)
+
+
 def main(argv=None, workers: dict | None = None) -> dict:
-    return run(__doc__.splitlines()[0], DIPConfig, build, SCHEMA, argv, workers, prepare=tiny.ensure_for)
+    return run(PIPELINE, argv, workers)
 
 
 if __name__ == "__main__":

@@ -19,50 +19,53 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import ray
 
-from schemas.batch import cpu_stage, dataset_of
+from builders import ensure_for
+from configs.iapo import IAPOConfig
+from runtime.driver import Pipeline, run
+from runtime.plan import Plan
+from runtime.rows import dataset_of
 from schemas.iapo import SCHEMA
-from schemas.job import drop_committed, run
-from schemas.pipeline_configs import IAPOConfig
 from schemas.reader import resolve_shards
 from stages import iapo
 from stages.encode import encode_members
-from workers import tiny
-from workers.base import Plan, Step, apply_steps
 from workers.grounding import Grounding
 from workers.vlm import VLM
 
 WORKERS = {"vlm": VLM, "grounding": Grounding}
 DIP_MEMBERS = ["win.jpg", "lose.jpg", "json.json"]
+PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
+SOURCES = {"pairs": PAIR_COLUMNS, "photos": PAIR_COLUMNS, "dip": ("__key__",) + tuple(DIP_MEMBERS)}
 
 
-def source(cfg: IAPOConfig) -> ray.data.Dataset:
-    """The pairs as rows of the Pick-a-Pic v2 layout, keyed by stage `read` (a task per block, so
-    hashing the image bytes of a large Parquet never runs on the driver)."""
-    to_pair = iapo.pair_row
+def source(cfg: IAPOConfig, plan: Plan | None = None) -> ray.data.Dataset:
+    """The pairs as they are: Pick-a-Pic v2 rows, DreamBench photo pairs or DIP samples; the plan's
+    `read` step keys them (a task per block, so hashing the image bytes of a large Parquet never
+    runs on the driver)."""
     if cfg.source == "photos":
         rows = iapo.photo_pairs(cfg.photos_root, cfg.pairs_per_subject, cfg.seed)[: cfg.max_pairs]
-        ds = dataset_of(rows)
-    elif cfg.source == "pairs":
+        return dataset_of(rows)
+    if cfg.source == "pairs":
         if not cfg.pairs:
             raise ValueError("source: pairs needs `pairs` (a Parquet file or directory)")
         ds = ray.data.read_parquet(cfg.pairs)
-    elif cfg.source == "dip":
+    else:
         if not cfg.dip_dir:
             raise ValueError("source: dip needs `dip_dir` (OUT/dip of pipelines/dip.py)")
         fs, paths = resolve_shards(cfg.dip_dir)
         ds = ray.data.read_webdataset(paths, filesystem=fs, decoder=None, suffixes=DIP_MEMBERS)
-        to_pair = lambda row, **kw: iapo.pair_row(iapo.dip_pair(row), **kw)  # noqa: E731
-    else:
-        raise ValueError(f"unknown source {cfg.source!r}: pairs | photos | dip")
-    if cfg.max_pairs is not None:
-        ds = ds.limit(cfg.max_pairs)
-    return cpu_stage(ds, "read", partial(to_pair, fields=cfg.output_fields(), source=cfg.source))
+    return ds.limit(cfg.max_pairs) if cfg.max_pairs is not None else ds
 
 
-def plan(cfg: IAPOConfig, workers: dict | None = None) -> list[Step]:
+def plan(cfg: IAPOConfig, workers: dict | None = None) -> Plan:
     """The stages in order; `workers` replaces a role's class (tests script the VLM and grounding)."""
-    steps = Plan(cfg, dict(WORKERS, **(workers or {})))
+    if cfg.source not in SOURCES:
+        raise ValueError(f"unknown source {cfg.source!r}: pairs | photos | dip")
+    steps = Plan("iapo", cfg, dict(WORKERS, **(workers or {})), SCHEMA, source=SOURCES[cfg.source])
     cpu, model = steps.cpu, steps.model
+    if cfg.source == "dip":
+        cpu("dip_pair", iapo.dip_pair)  # x_w preferred over x_l
+    cpu("read", partial(iapo.pair_row, fields=cfg.output_fields(), source=cfg.source))
+    steps.resume()
 
     cpu("label", iapo.global_label)  # ties before any image is opened
     cpu("load", partial(iapo.load_pair, max_side=cfg.max_side))
@@ -82,18 +85,14 @@ def plan(cfg: IAPOConfig, workers: dict | None = None) -> list[Step]:
     cpu("preferences", partial(iapo.instance_preferences, qa=cfg.qa))
     if cfg.write_weights:
         cpu("weights", partial(iapo.weight_maps, w_pos=cfg.w_pos, w_neg=cfg.w_neg, cell=cfg.weight_grid))
-    cpu("finalize", partial(iapo.finalize, fields=manifest_fields(cfg)))
+    fields = manifest_fields(cfg)
+    cpu("finalize", partial(iapo.finalize, fields=fields), writes=tuple(fields))
     cpu("encode", partial(encode_members, schema=SCHEMA))
     return steps
 
 
-def build(cfg: IAPOConfig, out: str, workers: dict | None = None) -> tuple[ray.data.Dataset, list[str]]:
-    """The Ray Data DAG of plan(): CPU steps as tasks, model steps on fixed-size actor pools; resume
-    drops committed keys right after they are computed, before any model work."""
-    ds, done = drop_committed(source(cfg), out, SCHEMA.name)
-    print(f"iapo: source {cfg.source}, {done} keys already committed")
-    steps = plan(cfg, workers)
-    return apply_steps(ds, steps), ["read"] + [s.name for s in steps]
+def plans(cfg: IAPOConfig, workers: dict | None = None) -> list[Plan]:
+    return [plan(cfg, workers)]
 
 
 def manifest_fields(cfg: IAPOConfig) -> dict:
@@ -103,8 +102,11 @@ def manifest_fields(cfg: IAPOConfig) -> dict:
             "model_vlm": cfg.vlm.model, "model_grounding": cfg.grounding.model}
 
 
+PIPELINE = Pipeline(__doc__.splitlines()[0], IAPOConfig, plans, source, prepare=ensure_for)
+
+
 def main(argv=None, workers: dict | None = None) -> dict:
-    return run(__doc__.splitlines()[0], IAPOConfig, build, SCHEMA, argv, workers, prepare=tiny.ensure_for)
+    return run(PIPELINE, argv, workers)
 
 
 if __name__ == "__main__":

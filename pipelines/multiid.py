@@ -22,84 +22,69 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import numpy as np
 import pyarrow as pa
-import ray
 
-from schemas.batch import batch_of, cpu_stage, dataset_of, is_rejected, reject, rows_of
-from schemas.job import dataset_uri, drop_committed, parse_args, start_ray, write
+from builders import ensure_for
+from configs.multiid import MultiIDConfig
+from runtime.driver import Pipeline, dataset_uri, parse_args, start_ray, write
+from runtime.plan import Plan
+from runtime.rows import dataset_of
 from schemas.multiid import REFS_SCHEMA, SCHEMA
-from schemas.pipeline_configs import MultiIDConfig
 from schemas.store import DatasetDir
 from stages import multiid as mid
 from stages.bank import build_bank
-from stages.bench_split import held_out_identities, leakage_check, split_of
+from stages.bench_split import held_out_identities, leakage_check
 from stages.encode import encode_members
 from stages.keys import sample_key
 from stages.prompts import CAPTION_SYSTEM_PROMPT
-from workers import tiny
-from workers.base import model_stage
 from workers.face_analysis import FaceAnalysis
 from workers.vlm import VLM
 
-def cpu(ds, name, fn, stages):
-    stages.append(name)
-    return cpu_stage(ds, name, fn)
+WORKERS = {"face_analysis": FaceAnalysis, "vlm": VLM}
 
 
-def faces(ds, cfg, stages, workers):
-    stages.append("faces")
-    cls = (workers or {}).get("face_analysis", FaceAnalysis)
-    return model_stage(ds, cls, cfg.face_analysis, "faces", image_column="image")
-
-
-def source(cfg, rows):
+def source(cfg: MultiIDConfig, plan: Plan):
+    """The single-person photos (the bank plan) or the group photos, keyed by path (and identity)."""
+    rows = mid.list_photos(cfg.singles, with_identity=True) if plan.schema is REFS_SCHEMA else \
+        mid.list_photos(cfg.groups, with_identity=False)
     for r in rows:
         r["key"] = sample_key({"path": r.get("path"), "identity": r.get("identity")}, cfg.output_fields())
         r["input"] = r.get("path")
     return dataset_of(rows)
 
 
+def faces(steps: Plan, cfg: MultiIDConfig) -> None:
+    steps.cpu("load", partial(mid.load, max_side=cfg.max_side, max_pixels=cfg.max_image_pixels,
+                              min_side=cfg.min_input_side))
+    steps.model("faces", "face_analysis", image="image")
+
+
 # --- phase 1: singles -> reference bank --------------------------------------------------------------
 
-def bank_phase(cfg: MultiIDConfig, out: str, workers: dict | None = None) -> tuple[np.ndarray, dict]:
-    """Faces of every single-person photo -> per-identity DBSCAN -> bank/ and the multiid_refs
-    shards. Returns the centers and {identity_id: reference keys}."""
-    stages: list[str] = []
-    ds = source(cfg, mid.list_photos(cfg.singles, with_identity=True))
-    ds = cpu(ds, "load", partial(mid.load, max_side=cfg.max_side, max_pixels=cfg.max_image_pixels,
-                                 min_side=cfg.min_input_side), stages)
-    ds = faces(ds, cfg, stages, workers)
-    ds = cpu(ds, "one_face", partial(mid.one_face, min_det_score=cfg.min_det_score, min_face_px=cfg.min_face_px),
-             stages).materialize()
-    # the bank needs every embedding of an identity: gathered per identity, clustered on the driver
-    # (512 floats per photo; 3,000 identities x 400 photos is 2.4 GB, see benchmarks/multiid.py)
-    live = [r for b in ds.iter_batches(batch_format="pyarrow", batch_size=4096) for r in rows_of(b)
-            if not is_rejected(r)]
-    bank = build_bank([r["key"] for r in live], [str(r["identity"]) for r in live],
-                      np.stack([r["embedding"] for r in live]) if live else np.zeros((0, 512), np.float32),
-                      eps=cfg.dbscan_eps, min_samples=cfg.dbscan_min_samples, min_references=cfg.min_references)
-    write_bank(cfg, out, bank)
-    verdicts = {k: (reason, detail) for k, reason, detail in bank.rejects}
-    members = {k: (i.identity_id, s) for i in bank.identities for k, s in zip(i.reference_keys, i.center_similarity)}
-
-    def apply_bank(batch):
-        rows = rows_of(batch)
-        for j, r in enumerate(rows):
-            if is_rejected(r):
-                continue
-            if r["key"] in verdicts:
-                rows[j] = reject(r, "bank", *verdicts[r["key"]])
-            else:
-                r["identity_id"], r["center_similarity"] = members[r["key"]]
-        return batch_of(rows)
-
-    stages.append("bank")
-    refs = ds.map_batches(apply_bank, batch_format="pyarrow")
-    refs, _ = drop_committed(refs, out, REFS_SCHEMA.name)
+def bank_plan(cfg: MultiIDConfig, workers: dict | None = None) -> Plan:
+    """Faces of every single-person photo -> per-identity DBSCAN (on the driver: the embeddings of
+    an identity together) -> each photo's verdict -> the multiid_refs shards."""
+    steps = Plan("multiid bank", cfg, dict(WORKERS, **(workers or {})), REFS_SCHEMA, source=("path", "identity"))
+    faces(steps, cfg)
+    steps.cpu("one_face", partial(mid.one_face, min_det_score=cfg.min_det_score, min_face_px=cfg.min_face_px))
+    steps.gather("cluster", partial(cluster, cfg=cfg), reads=("key", "identity", "embedding"),
+                 provides=("bank", "verdicts", "members"))
+    steps.cpu("bank", mid.bank_verdict, needs=("verdicts", "members"))
+    steps.resume()  # after the bank: the bank is built from every photo, committed or not
     fields = {"model_face_analysis": cfg.face_analysis.model}
-    refs = cpu(refs, "finalize", partial(mid.finalize, fields=fields), stages)
-    refs = cpu(refs, "encode", partial(encode_members, schema=REFS_SCHEMA), stages)
-    write(refs, out, REFS_SCHEMA, cfg, stages)
-    return bank.centers, {i.identity_id: i.reference_keys for i in bank.identities}
+    steps.cpu("finalize", partial(mid.finalize, fields=fields), writes=tuple(fields))
+    steps.cpu("encode", partial(encode_members, schema=REFS_SCHEMA))
+    return steps
+
+
+def cluster(rows: list[dict], cfg: MultiIDConfig) -> dict:
+    """The bank from every live single's embedding (512 floats a photo; 3,000 identities x 400
+    photos is 2.4 GB on the driver, see benchmarks/multiid.py); verdicts and members per key."""
+    bank = build_bank([r["key"] for r in rows], [str(r["identity"]) for r in rows],
+                      np.stack([r["embedding"] for r in rows]) if rows else np.zeros((0, 512), np.float32),
+                      eps=cfg.dbscan_eps, min_samples=cfg.dbscan_min_samples, min_references=cfg.min_references)
+    return {"bank": bank, "verdicts": {k: (reason, detail) for k, reason, detail in bank.rejects},
+            "members": {k: (i.identity_id, s) for i in bank.identities
+                        for k, s in zip(i.reference_keys, i.center_similarity)}}
 
 
 def write_bank(cfg: MultiIDConfig, out: str, bank) -> None:
@@ -128,63 +113,50 @@ def write_bank(cfg: MultiIDConfig, out: str, bank) -> None:
 
 # --- phase 2: group photos ------------------------------------------------------------------------
 
-def group_phase(cfg: MultiIDConfig, out: str, centers: np.ndarray, references: dict, workers=None) -> dict:
-    vlm = (workers or {}).get("vlm", VLM)
-    stages: list[str] = []
-    ds = source(cfg, mid.list_photos(cfg.groups, with_identity=False))
-    ds, done = drop_committed(ds, out, SCHEMA.name)
-    ds = cpu(ds, "load", partial(mid.load, max_side=cfg.max_side, max_pixels=cfg.max_image_pixels,
-                                 min_side=cfg.min_input_side), stages)
-    ds = faces(ds, cfg, stages, workers)
-    ds = cpu(ds, "group_faces", partial(mid.group_faces, min_faces=cfg.min_faces, max_faces=cfg.max_faces,
-                                        min_det_score=cfg.min_det_score, min_face_px=cfg.min_face_px), stages)
-    stages.append("retrieve")
-    thresholds = (cfg.retrieval_threshold_low, cfg.retrieval_threshold_high)
-    ds = ds.map_batches(partial(mid.retrieve, centers_ref=ray.put(centers.astype(np.float32)), thresholds=thresholds,
-                                assign_threshold=cfg.assign_threshold), batch_size=256, batch_format="pyarrow")
-    ds = cpu(ds, "filters", partial(mid.filters, min_side=cfg.min_side_px, collage=cfg.collage_filter), stages)
-    ds = cpu(ds, "caption_query", partial(mid.caption_query, seed=cfg.seed), stages)
-    stages.append("caption_vlm")
-    ds = model_stage(ds, vlm, cfg.vlm, "caption_vlm", images=["image"], prompt="caption_prompt", output="caption_raw",
-                     system=CAPTION_SYSTEM_PROMPT, max_new_tokens=cfg.caption_max_new_tokens)
-    ds = cpu(ds, "caption", partial(mid.caption, max_words=cfg.caption_max_words, repair=cfg.caption_repair), stages)
-    ds = ds.materialize()  # the split needs every photo's identities
-
-    chosen = "identity_at_040" if cfg.assign_threshold == cfg.retrieval_threshold_low else "identity_at_050"
-    photo_ids = [list(r[chosen]) for b in ds.iter_batches(batch_format="pyarrow") for r in rows_of(b)
-                 if not is_rejected(r) and r.get("paired")]
-    # fixed at the first run: a resumed run must not move an identity between train and bench
-    previous = (DatasetDir.open(dataset_uri(out, SCHEMA.name), dataset=SCHEMA.name).read_info() or {}).get("bench_split")
-    held = set(previous["held_out"]) if previous else held_out_identities(
-        photo_ids, count=cfg.holdout_count, fraction=cfg.holdout_fraction)
-
-    def finish(row):
-        ids = list(row[chosen])
-        row["split"] = split_of(ids, held)
-        # a JSON string: Ray would turn a dict into a struct whose fields are every row's identities
-        row["json"] = json.dumps({"reference_keys": {str(i): references.get(i, []) for i in ids if i >= 0}})
-        return mid.finalize(row, {"model_face_analysis": cfg.face_analysis.model, "model_vlm": cfg.vlm.model})
-
-    ds = cpu(ds, "split", finish, stages)
-    ds = cpu(ds, "encode", partial(encode_members, schema=SCHEMA), stages)
-    # paired photos in shards of their own, then unpaired ones and every reject: two passes of one
-    # run, so dataset.json and the printed summary have one stage table that counts every photo
-    def paired_sample(r) -> bool:
-        return r.get("paired") is True and not r.get("reject_reason")
-
-    run_id = uuid.uuid4().hex
-    write(ds.filter(paired_sample), out, SCHEMA, cfg, stages, run_id=run_id, summary=False)
-    info = write(ds.filter(lambda r: not paired_sample(r)), out, SCHEMA, cfg, stages, run_id=run_id)
-    record_split(out, held, photo_ids, ds, chosen)
-    return info
+def group_plan(cfg: MultiIDConfig, workers: dict | None = None) -> Plan:
+    """Group photos -> faces -> one matmul against the bank's centers per batch -> filters ->
+    caption -> the bench split (held-out identities chosen once, on the driver) -> shards."""
+    steps = Plan("multiid", cfg, dict(WORKERS, **(workers or {})), SCHEMA, source=("path",),
+                 inputs=("centers", "references", "previous_held_out"))
+    steps.resume()
+    faces(steps, cfg)
+    steps.cpu("group_faces", partial(mid.group_faces, min_faces=cfg.min_faces, max_faces=cfg.max_faces,
+                                     min_det_score=cfg.min_det_score, min_face_px=cfg.min_face_px))
+    steps.batch("retrieve", partial(mid.retrieve, thresholds=(cfg.retrieval_threshold_low, cfg.retrieval_threshold_high),
+                                    assign_threshold=cfg.assign_threshold), needs=("centers",), batch_size=256)
+    steps.cpu("filters", partial(mid.filters, min_side=cfg.min_side_px, collage=cfg.collage_filter))
+    steps.cpu("caption_query", partial(mid.caption_query, seed=cfg.seed))
+    steps.model("caption_vlm", "vlm", images=["image"], prompt="caption_prompt", output="caption_raw",
+                system=CAPTION_SYSTEM_PROMPT, max_new_tokens=cfg.caption_max_new_tokens)
+    steps.cpu("caption", partial(mid.caption, max_words=cfg.caption_max_words, repair=cfg.caption_repair))
+    steps.gather("holdout", partial(holdout, cfg=cfg), reads=("identity", "paired"), needs=("previous_held_out",),
+                 provides=("held",))
+    steps.cpu("split", mid.bench_split, needs=("held", "references"))
+    fields = {"model_face_analysis": cfg.face_analysis.model, "model_vlm": cfg.vlm.model}
+    steps.cpu("finalize", partial(mid.finalize, fields=fields), writes=tuple(fields))
+    steps.cpu("encode", partial(encode_members, schema=SCHEMA))
+    return steps
 
 
-def record_split(out: str, held: set[int], photo_ids, ds, chosen: str) -> None:
+def holdout(rows: list[dict], cfg: MultiIDConfig, previous_held_out: list | None) -> dict:
+    """The held-out identities: fixed at the first run (a resumed run must not move an identity
+    between train and bench), else the least frequent among the paired photos' identities."""
+    if previous_held_out is not None:
+        return {"held": set(previous_held_out)}
+    photo_ids = [list(r["identity"]) for r in rows if r.get("paired")]
+    return {"held": held_out_identities(photo_ids, count=cfg.holdout_count, fraction=cfg.holdout_fraction)}
+
+
+def plans(cfg: MultiIDConfig, workers: dict | None = None) -> list[Plan]:
+    return [bank_plan(cfg, workers), group_plan(cfg, workers)]
+
+
+def record_split(out: str, held: set[int]) -> None:
     """dataset.json gets the held-out identities and the train / bench leakage check."""
     d = DatasetDir.open(dataset_uri(out, SCHEMA.name), dataset=SCHEMA.name)
-    manifest = d.read_manifests(columns=["split", chosen])
+    manifest = d.read_manifests(columns=["split", "identity"])
     splits = manifest.column("split").to_pylist() if manifest is not None else []
-    ids = [list(x or []) for x in manifest.column(chosen).to_pylist()] if manifest is not None else []
+    ids = [list(x or []) for x in manifest.column("identity").to_pylist()] if manifest is not None else []
     info = d.read_info() or {}
     info["bench_split"] = dict(leakage_check(splits, ids, held), held_out=sorted(held))
     d.write_bytes_atomic(d.sub("dataset.json"), json.dumps(info, indent=2).encode())
@@ -192,12 +164,35 @@ def record_split(out: str, held: set[int], photo_ids, ds, chosen: str) -> None:
         raise RuntimeError(f"identity leak between train and bench: {info['bench_split']['overlap']}")
 
 
+def paired_sample(r) -> bool:
+    return r.get("paired") is True and not r.get("reject_reason")
+
+
 def main(argv=None, workers: dict | None = None) -> dict:
+    """Both plans, checked before Ray starts: the bank and the refs shards, then the group photos
+    in two write passes of one run (paired photos in shards of their own, then unpaired ones and
+    every reject), so dataset.json and the printed summary have one stage table for every photo."""
     cfg, out = parse_args(__doc__.splitlines()[0], MultiIDConfig, argv)
-    tiny.ensure_for(cfg)
+    bank, groups = [p.check() for p in plans(cfg, workers)]
+    ensure_for(cfg)
     start_ray(cfg)
-    centers, references = bank_phase(cfg, out, workers)
-    return group_phase(cfg, out, centers, references, workers)
+    refs = bank.apply(source(cfg, bank), out)
+    built = bank.gathered["bank"]
+    write_bank(cfg, out, built)
+    write(refs, out, bank, cfg)
+    previous = (DatasetDir.open(dataset_uri(out, SCHEMA.name), dataset=SCHEMA.name).read_info() or {}).get("bench_split")
+    ds = groups.apply(source(cfg, groups), out, values={
+        "centers": built.centers.astype(np.float32),
+        "references": {i.identity_id: i.reference_keys for i in built.identities},
+        "previous_held_out": previous["held_out"] if previous else None})
+    run_id = uuid.uuid4().hex
+    write(ds.filter(paired_sample), out, groups, cfg, run_id=run_id, summary=False)
+    info = write(ds.filter(lambda r: not paired_sample(r)), out, groups, cfg, run_id=run_id)
+    record_split(out, groups.gathered["held"])
+    return info
+
+
+PIPELINE = Pipeline(__doc__.splitlines()[0], MultiIDConfig, plans, source, prepare=ensure_for)
 
 
 if __name__ == "__main__":

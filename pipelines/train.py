@@ -13,15 +13,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.job import parse_args
-from schemas.pipeline_configs import TrainConfig
+from runtime.driver import parse_args
+from configs import TrainConfig
 from trainer.loop import train
-from workers import tiny
+from builders import ensure_for
 
 
 def main(argv=None) -> dict:
     cfg, out = parse_args(__doc__.splitlines()[0], TrainConfig, argv)
-    tiny.ensure_for(cfg)  # tiny profile: the random-weight FLUX the config points at
+    ensure_for(cfg)  # tiny profile: the random-weight FLUX the config points at
     if cfg.workers <= 1:
         summary = train(cfg, out)
     else:

@@ -15,17 +15,16 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import ray
 
-from schemas.batch import batch_of, dataset_of, rows_of
-from schemas.job import drop_committed, run
-from schemas.pipeline_configs import UPERConfig
+from builders import ensure_for
+from configs.uper import UPERConfig
+from runtime.driver import Pipeline, run
+from runtime.plan import Plan
+from runtime.rows import dataset_of
 from schemas.reader import resolve_shards
 from schemas.uper import SCHEMA
 from stages import uper
 from stages.encode import encode_members
-from stages.keys import sample_key
-from workers import tiny
 from workers.background_removal import BackgroundRemoval
-from workers.base import Plan, Step, apply_steps
 from workers.image_encoder import ImageEncoder
 from workers.vlm import VLM
 
@@ -34,26 +33,23 @@ WORKERS = {"background_removal": BackgroundRemoval, "vlm": VLM, "image_encoder":
 
 # --- inputs ------------------------------------------------------------------------------------
 
-def source(cfg: UPERConfig) -> ray.data.Dataset:
-    """The input pairs as a Dataset with `key` and `input`: photo folders are listed on the driver;
-    lists and DIP shards are read by Ray Data in parallel (a Subjects200K parquet is 100s of GB:
-    the driver never holds it)."""
+def source(cfg: UPERConfig, plan: Plan | None = None) -> ray.data.Dataset:
+    """The input pairs as they are (the plan's `read` step keys them): photo folders are listed on
+    the driver; lists and DIP shards are read by Ray Data in parallel (a Subjects200K parquet is
+    100s of GB: the driver never holds it)."""
     if cfg.source == "photos":
         rows = uper.photo_pairs(cfg.photos_root, cfg.pairs_per_subject)
-        ds = dataset_of(rows)
-    elif cfg.source in ("pairs", "diptych"):
-        ds = read_list(cfg.pairs)
-    elif cfg.source == "dip":
+        return dataset_of(rows)
+    if cfg.source in ("pairs", "diptych"):
+        return read_list(cfg.pairs)
+    if cfg.source == "dip":
         if not cfg.dip_dir:
             raise ValueError("source: dip needs `dip_dir` (OUT/dip of pipelines/dip.py)")
         fs, shards = resolve_shards(cfg.dip_dir)
         if not shards:
             raise ValueError(f"{cfg.dip_dir}: no committed DIP shards")
-        ds = ray.data.read_webdataset(shards, filesystem=fs, decoder=None, include_paths=False)
-    else:
-        raise ValueError(f"source must be photos, pairs, diptych or dip, not {cfg.source!r}")
-    base = str(Path(cfg.pairs).parent) if cfg.pairs and "://" not in cfg.pairs else None
-    return ds.map_batches(partial(keyed, cfg=cfg, base=base), batch_format="pyarrow")
+        return ray.data.read_webdataset(shards, filesystem=fs, decoder=None, include_paths=False)
+    raise ValueError(f"source must be photos, pairs, diptych or dip, not {cfg.source!r}")
 
 
 def read_list(path: str | None) -> ray.data.Dataset:
@@ -68,27 +64,21 @@ def read_list(path: str | None) -> ray.data.Dataset:
     raise ValueError(f"{path}: expected .parquet, .jsonl or .csv")
 
 
-def keyed(batch, cfg: UPERConfig, base: str | None):
-    """Each input row in the pipeline's columns, with its content key. Nothing is rejected here
-    (a reject needs its key first); load_pair rejects what is missing."""
-    out = []
-    for raw in rows_of(batch):
-        row, inputs = uper.pair_row(raw, cfg.source, base)
-        row["key"] = sample_key(inputs, cfg.output_fields())
-        out.append(row)
-    return batch_of(out)
-
-
 # --- the DAG -------------------------------------------------------------------------------------
 
-def plan(cfg: UPERConfig, workers: dict | None = None) -> list[Step]:
+def plan(cfg: UPERConfig, workers: dict | None = None) -> Plan:
     """The stages in order; `workers` replaces a role's class (tests use doubles)."""
-    steps = Plan(cfg, dict(WORKERS, **(workers or {})))
+    if cfg.source not in uper.INPUT_COLUMNS:
+        raise ValueError(f"source must be photos, pairs, diptych or dip, not {cfg.source!r}")
+    steps = Plan("uper", cfg, dict(WORKERS, **(workers or {})), SCHEMA, source=uper.INPUT_COLUMNS[cfg.source])
     cpu, model = steps.cpu, steps.model
     vlm = dict(max_new_tokens=cfg.vlm_max_new_tokens)
+    base = str(Path(cfg.pairs).parent) if cfg.pairs and "://" not in cfg.pairs else None
+    cpu("read", partial(uper.read_pair, source=cfg.source, base=base, fields=cfg.output_fields()))
+    steps.resume()
     cpu("single_subject", uper.single_subject)
     cpu("load", partial(uper.load_pair, max_side=cfg.max_side, diptych_padding=cfg.diptych_padding))
-    model("remove_background", "background_removal", image_column="ref", prefix="ref_")
+    model("remove_background", "background_removal", image="ref", prefix="ref_")
     cpu("foreground", partial(uper.foreground_gate, fg_min=cfg.fg_fraction_min, fg_max=cfg.fg_fraction_max))
     cpu("attributes_query", partial(uper.attributes_query, max_attributes=cfg.max_attributes))
     model("attributes", "vlm", images=["ref_clean"], prompt="attributes_prompt", output="attributes_raw", **vlm)
@@ -103,9 +93,14 @@ def plan(cfg: UPERConfig, workers: dict | None = None) -> list[Step]:
     cpu("reward_scores", partial(uper.subject_reward_scores, weights=cfg.r_sub_weights,
                                  copy_paste_similarity=cfg.copy_paste_similarity,
                                  copy_paste_penalty=cfg.copy_paste_penalty))
-    cpu("finalize", partial(uper.finalize, fields=manifest_fields(cfg), keep_ref=cfg.keep_original_ref))
+    fields = manifest_fields(cfg)
+    cpu("finalize", partial(uper.finalize, fields=fields, keep_ref=cfg.keep_original_ref), writes=tuple(fields))
     cpu("encode", partial(encode_members, schema=SCHEMA))
     return steps
+
+
+def plans(cfg: UPERConfig, workers: dict | None = None) -> list[Plan]:
+    return [plan(cfg, workers)]
 
 
 def manifest_fields(cfg: UPERConfig) -> dict:
@@ -114,15 +109,11 @@ def manifest_fields(cfg: UPERConfig) -> dict:
             "model_image_encoder": cfg.image_encoder.model}
 
 
-def build(cfg: UPERConfig, out: str, workers: dict | None = None) -> tuple[ray.data.Dataset, list[str]]:
-    ds, done = drop_committed(source(cfg), out, SCHEMA.name)
-    print(f"uper: {cfg.source} inputs, {done} keys already committed")
-    steps = plan(cfg, workers)
-    return apply_steps(ds, steps), [s.name for s in steps]
+PIPELINE = Pipeline(__doc__.splitlines()[0], UPERConfig, plans, source, prepare=ensure_for)
 
 
 def main(argv=None, workers: dict | None = None) -> dict:
-    return run(__doc__.splitlines()[0], UPERConfig, build, SCHEMA, argv, workers, prepare=tiny.ensure_for)
+    return run(PIPELINE, argv, workers)
 
 
 if __name__ == "__main__":

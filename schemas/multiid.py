@@ -4,7 +4,7 @@ import pyarrow as pa
 
 from schemas.contract import DatasetSchema, Member
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `identity`, the assignment at assign_threshold, is a column
 
 f32, i32, s = pa.float32(), pa.int32(), pa.string()
 
@@ -29,7 +29,8 @@ SCHEMA = DatasetSchema(
         pa.field("margin", pa.list_(f32)),  # top-1 minus top-2 cosine
         pa.field("identity_at_040", pa.list_(i32)),  # -1 = unassigned (section 3: 0.4)
         pa.field("identity_at_050", pa.list_(i32)),  # appendix C: 0.5
-        pa.field("assign_threshold", f32),
+        pa.field("assign_threshold", f32),  # which of the two `identity` is
+        pa.field("identity", pa.list_(i32)),  # per face, at assign_threshold: what split, report, trainer read
         pa.field("n_assigned", i32),
         pa.field("paired", pa.bool_()),
         pa.field("min_side", i32),

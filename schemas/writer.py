@@ -15,8 +15,8 @@ import posixpath
 import time
 import uuid
 from collections import Counter, defaultdict
-from importlib import metadata
 
+import numpy as np
 import pyarrow as pa
 import ray
 import webdataset as wds
@@ -24,20 +24,17 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from schemas.contract import (
-    REJECT_COLUMNS,
     REJECT_SCHEMA,
     TIMING_PREFIX,
     DatasetSchema,
     encode_member,
     to_jsonable,
 )
-from schemas.batch import rows_of
+from schemas.runs import record_run
 from schemas.store import DatasetDir, shard_name
 
 DEFAULT_TARGET_BYTES = 1 << 30  # ~1 GB shards on the GPU profile
 TAR_BLOCK = 512
-PACKAGES = ("subjectforge", "ray", "pyarrow", "webdataset", "torch", "diffusers", "transformers",
-            "sam2", "insightface", "onnxruntime", "rembg", "scikit-learn", "numpy", "pillow")
 
 
 @ray.remote(num_cpus=0)
@@ -93,16 +90,6 @@ def manifest_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     timing = sorted({k for r in rows for k in r if k.startswith(TIMING_PREFIX)})
     schema = pa.schema(list(schema) + [pa.field(t, pa.float64()) for t in timing])
     return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
-
-
-def package_versions() -> dict:
-    versions = {}
-    for p in PACKAGES:
-        try:
-            versions[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 class ShardDatasink(Datasink):
@@ -161,7 +148,7 @@ class ShardDatasink(Datasink):
             stats["rejects"][(stage, reason)] += 1
 
         # A write task holds about one shard of rows: take them at once and claim all keys in one call.
-        rows = [r for block in blocks for r in rows_of(BlockAccessor.for_block(block).to_batch_format("numpy"))]
+        rows = [r for block in blocks for r in _rows(BlockAccessor.for_block(block).to_batch_format("numpy"))]
         fresh = ray.get(self.registry.claim.remote([str(r.get("key")) for r in rows])) if rows else []
         encoded = []
         for row in (r for r, is_fresh in zip(rows, fresh) if is_fresh):  # not fresh: an earlier attempt wrote it
@@ -249,99 +236,16 @@ class ShardDatasink(Datasink):
         self.summary = self.write_info([r for r in write_result.write_returns if r])
 
     def write_info(self, returns: list[dict]) -> dict:
-        """Aggregate the tasks' counts and write dataset.json (also when nothing was new)."""
-        wall = time.time() - self.started
-        rejects = Counter()
-        stage_rows, stage_seconds = Counter(), defaultdict(float)
-        for r in returns:
-            for s, reason, n in r["rejects"]:
-                rejects[(s, reason)] += n
-            stage_rows.update(r["stage_rows"])
-            for s, t in r["stage_seconds"].items():
-                stage_seconds[s] += t
-        samples = sum(r["samples"] for r in returns)
-        run = {
-            "run_id": self.run_id,
-            "passes": 1,
-            "started": self.started,
-            "wall_seconds": round(wall, 3),
-            "samples_written": samples,
-            "shards_written": sorted(s for r in returns for s in r["shards"]),
-            "bytes_written": sum(r["bytes"] for r in returns),
-            "samples_per_second": per_second(samples, wall),
-            "stages": stage_table(self.stages, stage_rows, stage_seconds, rejects),
-            "removed_uncommitted": self.removed,
-        }
-        previous = self.out.read_info() or {}
-        runs = previous.get("runs") or []
-        if runs and runs[-1].get("run_id") == self.run_id:  # a later pass of the same run
-            runs = runs[:-1] + [merge_passes(runs[-1], run)]
-        else:
-            runs = runs + [run]
-        info = {
-            "dataset": self.schema.name,
-            "schema_version": self.schema.version,
-            "config": to_jsonable(self.config),
-            "packages": package_versions(),
-            "counts": dataset_counts(self.out),
-            "runs": runs,
-        }
-        self.out.write_bytes_atomic(self.out.sub("dataset.json"),
-                                    json.dumps(info, indent=2).encode())
-        return info
+        """Aggregate the tasks' counts into this run's record and rewrite dataset.json."""
+        return record_run(self.out, self.schema, self.run_id, self.started, self.removed, self.config,
+                          self.stages, returns)
 
 
-def per_second(n: int, seconds: float) -> float | None:
-    return round(n / seconds, 3) if seconds > 0 else None
-
-
-def stage_table(order: list[str], rows: Counter, seconds: dict, rejects: Counter) -> list[dict]:
-    """Per stage: rows in (timed there), out, rejected by reason, seconds, rows per second."""
-    names = list(order) + sorted(({s for s in rows} | {s for s, _ in rejects}) - set(order))
-    table = []
-    for s in names:
-        rejected = {reason: n for (st, reason), n in rejects.items() if st == s}
-        n_in = rows.get(s, 0)
-        t = seconds.get(s, 0.0)
-        table.append({"stage": s, "rows_in": n_in, "rows_out": n_in - sum(rejected.values()),
-                      "rejected": rejected, "seconds": round(t, 4),
-                      "rows_per_second": per_second(n_in, t)})
-    return table
-
-
-def merge_passes(first: dict, later: dict) -> dict:
-    """One run record from two passes of the same run: counts and stage work added up, the wall
-    clock from the first pass's start to the later one's end."""
-    rows, seconds, rejects = Counter(), defaultdict(float), Counter()
-    order = []
-    for s in first["stages"] + later["stages"]:
-        if s["stage"] not in order:
-            order.append(s["stage"])
-        rows[s["stage"]] += s["rows_in"]
-        seconds[s["stage"]] += s["seconds"]
-        for reason, n in s["rejected"].items():
-            rejects[(s["stage"], reason)] += n
-    wall = round(later["started"] + later["wall_seconds"] - first["started"], 3)
-    samples = first["samples_written"] + later["samples_written"]
-    return dict(first, passes=first.get("passes", 1) + later.get("passes", 1), wall_seconds=wall,
-                samples_written=samples, shards_written=sorted(first["shards_written"] + later["shards_written"]),
-                bytes_written=first["bytes_written"] + later["bytes_written"],
-                samples_per_second=per_second(samples, wall),
-                stages=stage_table(order, rows, seconds, rejects),
-                removed_uncommitted=first["removed_uncommitted"] + later["removed_uncommitted"])
-
-
-def dataset_counts(out: DatasetDir) -> dict:
-    """Counts of the whole dataset on disk (all runs), for dataset.json."""
-    manifests = out.read_manifests(columns=["key"])
-    rejects = out.read_rejects()
-    by_reason = Counter(zip(rejects.column("stage").to_pylist(), rejects.column("reason").to_pylist()))
-    return {
-        "samples": 0 if manifests is None else manifests.num_rows,
-        "shards": len(out.manifest_files()),
-        "rejects": rejects.num_rows,
-        "rejects_by_stage_reason": [{"stage": s, "reason": r, "count": n} for (s, r), n in sorted(by_reason.items())],
-    }
+def _rows(batch: dict) -> list[dict]:
+    """A block as numpy columns -> row dicts; a scalar NaN is a null that went through numpy."""
+    n = len(next(iter(batch.values()))) if batch else 0
+    return [{k: (None if isinstance(v[i], (float, np.floating)) and v[i] != v[i] else v[i]) for k, v in batch.items()}
+            for i in range(n)]
 
 
 def _as_str(v):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from schemas.batch import Reject
+from runtime.rows import Reject
 from schemas.contract import as_rgb
 
 

@@ -1,22 +1,18 @@
 """The CPU steps of the DIP pipeline (FocusDPO, seed 000 section 4.1 / appendix B) between its model
 stages: rubric questions and gates, boxes and masks -> M_prior, region-caption queries, the
-negative gate, M_d and the manifest fields. Each function takes and returns one row and raises
-Reject on bad data; schemas.batch.run_rows applies it to a batch."""
+negative gate, M_d and the manifest fields. Each function takes and returns one row, raises
+Reject on bad data and declares its columns (runtime.plan.step)."""
 from __future__ import annotations
 
 import numpy as np
 
-from schemas.batch import Reject
+from runtime.plan import step
+from runtime.rows import Reject
 from stages.complexity import complexity_map
+from stages.photos import load_image
 from stages.masks import box_of, inpaint_opencv, mask_area, mask_gate, masked_crop, union
 from stages.prompts import parse_region_caption, region_caption_prompt
 from stages.rubric import is_negative, is_positive, parse_rubric, rubric_prompt
-
-# columns a stage needs and the writer does not: dropped before encoding
-SCRATCH = ("rubric_prompts", "pos_raw", "neg_raw", "crops", "caption_prompts", "caption_raw", "phrase_boxes",
-           "box_scores", "box_labels", "masks", "mask_scores", "alpha", "on_white", "fg_fraction", "embedding",
-           "inpaint_prompt", "ref_path", "win_path", "categories",
-           "phrases", "index", "cosine")
 
 
 def categories(row: dict) -> list[str]:
@@ -27,6 +23,15 @@ def categories(row: dict) -> list[str]:
     return [str(row["category"])] * len(row["subjects"])
 
 
+@step(reads=("ref_path", "win_path"), writes=("ref", "win"), rejects=("missing_file", "unreadable_file", "corrupt_image", "decompression_bomb", "too_small"))
+def load_photos(row: dict, max_side: int) -> dict:
+    """`source: photos`: the reference and winner photos of a pair."""
+    row["ref"] = load_image(row["ref_path"], max_side)
+    row["win"] = load_image(row["win_path"], max_side)
+    return row
+
+
+@step(optional=("subjects", "class_nouns", "categories", "category"), rejects=("no_class_noun", "unknown_category"))
 def check_subjects(row: dict) -> dict:
     """Before any model work: every subject needs a class noun (the grounding query) and a category
     with a Fig. 13 rubric, or the sample could never be judged."""
@@ -40,6 +45,7 @@ def check_subjects(row: dict) -> dict:
     return row
 
 
+@step(reads=("subjects",), optional=("categories", "category"), writes=("rubric_prompts",))
 def rubric_questions(row: dict) -> dict:
     """One rubric prompt per subject (Fig. 13): multi-subject pairs must pass for every subject."""
     row["rubric_prompts"] = [rubric_prompt(c, s) for c, s in zip(categories(row), row["subjects"])]
@@ -61,6 +67,7 @@ def _rubric(row: dict, raw_column: str, qa: bool) -> tuple[list, list]:
     return scores, answers
 
 
+@step(reads=("encoder_cosine",), rejects=("copy_paste", "encoder_prefilter"))
 def encoder_gate(row: dict, cosine_min: float, copy_paste: float, qa: bool) -> dict:
     """Cheap pre-filter before the VLM rubric: obvious failures, and near-copies that teach nothing."""
     cos = float(row["encoder_cosine"])
@@ -71,6 +78,8 @@ def encoder_gate(row: dict, cosine_min: float, copy_paste: float, qa: bool) -> d
     return row
 
 
+@step(reads=("pos_raw", "subjects"), optional=("categories", "category"), writes=("pos_scores", "pos_answers"),
+      rejects=("positive_inconsistent", "unparsable_rubric", "unknown_category"))
 def positive_gate(row: dict, min_score: int, qa: bool) -> dict:
     """(x_r, x_w) keep only if every subject scores >= min_score of 10 (app. B: >= 9)."""
     row["pos_scores"], row["pos_answers"] = _rubric(row, "pos_raw", qa)
@@ -79,6 +88,8 @@ def positive_gate(row: dict, min_score: int, qa: bool) -> dict:
     return row
 
 
+@step(reads=("neg_raw", "subjects"), optional=("categories", "category"), writes=("neg_scores", "neg_answers"),
+      rejects=("negative_too_consistent", "unparsable_rubric", "unknown_category"))
 def negative_gate(row: dict, max_score: int, qa: bool) -> dict:
     """(x_r, x_l) must score <= max_score of 10 for every subject (app. B: <= 6)."""
     row["neg_scores"], row["neg_answers"] = _rubric(row, "neg_raw", qa)
@@ -87,6 +98,7 @@ def negative_gate(row: dict, max_score: int, qa: bool) -> dict:
     return row
 
 
+@step(reads=("phrase_boxes", "class_nouns"), writes=("boxes",), rejects=("no_box",))
 def grounding_boxes(row: dict) -> dict:
     """Best box of each subject's class noun on x_w; a subject without a box is a reject."""
     boxes = list(row["phrase_boxes"])
@@ -97,12 +109,15 @@ def grounding_boxes(row: dict) -> dict:
     return row
 
 
+@step(reads=("masks", "subjects", "boxes"), writes=("mask", "mask_*", "mask_area", "mask_areas", "boxes"), rejects=("mask_count", "empty_mask", "mask_too_small", "mask_too_large", "mask_shape_mismatch", "bad_mask"))
 def prior_from_masks(row: dict, area_min: float, area_max: float) -> dict:
     """M_prior: one mask per subject (SAM2 from its box) and their union."""
     masks = [np.asarray(m, bool) for m in row["masks"]]
     return _set_prior(row, masks, area_min, area_max)
 
 
+@step(reads=("alpha", "subjects"), writes=("mask", "mask_*", "mask_area", "mask_areas", "boxes"),
+      rejects=("salient_needs_single_subject", "mask_count", "empty_mask", "mask_too_small", "mask_too_large", "mask_shape_mismatch", "bad_mask"))
 def prior_from_alpha(row: dict, area_min: float, area_max: float) -> dict:
     """`segmenter: salient`: the background-removal alpha of x_w as M_prior (single subject only:
     a salient mask cannot tell two subjects apart)."""
@@ -126,6 +141,8 @@ def _set_prior(row: dict, masks: list[np.ndarray], area_min: float, area_max: fl
     return row
 
 
+@step(reads=("win", "boxes", "subjects", "mask_*"), writes=("crops", "caption_prompts"),
+      rejects=("mask_shape_mismatch", "bad_box", "empty_crop"))
 def caption_queries(row: dict) -> dict:
     """A masked crop of each subject region for the VLM to describe in fine detail."""
     win = np.asarray(row["win"])
@@ -134,6 +151,8 @@ def caption_queries(row: dict) -> dict:
     return row
 
 
+@step(reads=("caption_raw", "subjects"), writes=("captions", "inpaint_prompt"),
+      rejects=("refusal", "empty_caption", "caption_too_long"))
 def region_captions(row: dict, qa: bool) -> dict:
     """Parse the region captions; they become the inpainting prompt. Without QA an unparsable
     caption falls back to the subject's name, so the loser is still made."""
@@ -148,22 +167,23 @@ def region_captions(row: dict, qa: bool) -> dict:
     return row
 
 
+@step(reads=("win", "mask"), writes=("lose", "inpaint_mask"), rejects=("bad_image", "mask_shape_mismatch", "empty_mask"))
 def opencv_loser(row: dict, dilation_px: int) -> dict:
     """`inpainter: opencv`: Telea inpainting inside the dilated M_prior, context copied back exactly."""
     row["lose"], row["inpaint_mask"] = inpaint_opencv(np.asarray(row["win"]), np.asarray(row["mask"], bool), dilation_px)
     return row
 
 
+@step(reads=("win",), writes=("complexity",), rejects=("corrupt_image", "too_small"))
 def complexity(row: dict, patch: int) -> dict:
     """M_d of x_w (seed 000, eq. 7-8)."""
     row["complexity"] = complexity_map(np.asarray(row["win"]), patch)
     return row
 
 
+@step(reads=("subjects",), writes=("n_subjects",))
 def finalize(row: dict, fields: dict) -> dict:
-    """Run-level manifest fields (models, thresholds, modes) and nothing the writer need not see."""
-    for k in SCRATCH:
-        row.pop(k, None)
+    """Run-level manifest fields (models, thresholds, modes; the plan declares them)."""
     row.update(fields)
     row["n_subjects"] = len(row["subjects"])
     return row

@@ -1,7 +1,7 @@
 """The CPU steps of the IAPO pipeline (seed 003 supplementary: Fig. II prompts, eq. 1) between its
 model stages: the pair and its global label, the planner's matched instances, a box per instance
 in each image, the judge's crops in a seeded A/B order, rho per instance, and the weight maps of
-eq. 1. Each function takes and returns one row and raises Reject on bad data; schemas.batch.run_rows
+eq. 1. Each function takes and returns one row and raises Reject on bad data; runtime.rows.run_step
 applies it to a batch.
 
 Rejects (the pair is not written): tie, no_label, missing_file / corrupt_image / too_small /
@@ -19,15 +19,11 @@ import math
 
 import numpy as np
 
-from schemas.batch import Reject
+from runtime.plan import step
+from runtime.rows import Reject
 from stages.keys import file_id, sample_key
 from stages.photos import dreambench_pairs, load_image
 from stages.prompts import judge_prompt, parse_judge, parse_planner, planner_prompt
-
-# columns a stage needs and the writer does not: dropped before encoding
-SCRATCH = ("jpg_0", "jpg_1", "planner_prompt", "phrase_boxes_0", "phrase_boxes_1", "box_scores_0", "box_scores_1",
-           "box_labels_0", "box_labels_1", "grounded_0", "grounded_1", "crops_a", "crops_b", "judge_prompts",
-           "judge_raw")
 
 MIN_CROP = 28  # px: one Qwen2.5-VL token (28 x 28); smaller crops are grown around their centre
 ORDERS = ("01", "10")  # "01": image_0 shown as Image A; "10": image_1 shown as Image A
@@ -35,6 +31,7 @@ ORDERS = ("01", "10")  # "01": image_0 shown as Image A; "10": image_1 shown as 
 
 # --- inputs --------------------------------------------------------------------------------------
 
+@step(optional=("caption", "jpg_0", "jpg_1", "label_0", "label_1", "input"), writes=("caption", "jpg_0", "jpg_1", "label_0", "label_1", "source", "key", "input"))
 def pair_row(row: dict, fields: dict, source: str) -> dict:
     """A Pick-a-Pic v2 row (caption, jpg_0, jpg_1 as bytes or paths, label_0, label_1) -> the pair
     the DAG carries, with its content key. Other columns are dropped. Never raises: a bad value is
@@ -61,6 +58,7 @@ def photo_pairs(root, pairs_per_subject: int, seed: int) -> list[dict]:
     return rows
 
 
+@step(optional=("json.json", "json", "win.jpg", "lose.jpg", "__key__"), writes=("caption", "jpg_0", "jpg_1", "label_0", "label_1", "input"))
 def dip_pair(row: dict) -> dict:
     """A DIP sample (read_webdataset of its shards) as a pair: x_w preferred over x_l, the
     prompt c as the caption."""
@@ -70,6 +68,7 @@ def dip_pair(row: dict) -> dict:
             "label_0": 1.0, "label_1": 0.0, "input": f"dip {meta.get('key') or row.get('__key__')}"}
 
 
+@step(optional=("label_0", "label_1"), writes=("label_0", "label_1", "winner"), rejects=("no_label", "tie"))
 def global_label(row: dict) -> dict:
     """Pick-a-Pic v2: label_0 / label_1 are 1 / 0 or 0 / 1; 0.5 / 0.5 is a tie, which says
     nothing about either image: a reject."""
@@ -86,6 +85,7 @@ def global_label(row: dict) -> dict:
     return row
 
 
+@step(reads=("jpg_0", "jpg_1"), writes=("image_0", "image_1"), rejects=("missing_file", "unreadable_file", "corrupt_image", "decompression_bomb", "too_small"))
 def load_pair(row: dict, max_side: int) -> dict:
     row["image_0"] = load_image(row["jpg_0"], max_side)
     row["image_1"] = load_image(row["jpg_1"], max_side)
@@ -94,11 +94,14 @@ def load_pair(row: dict, max_side: int) -> dict:
 
 # --- planner ---------------------------------------------------------------------------------------
 
+@step(writes=("planner_prompt",))
 def planner_query(row: dict) -> dict:
     row["planner_prompt"] = planner_prompt()
     return row
 
 
+@step(optional=("planner_answer",), writes=("categories", "planner_fallback", "n_planned"),
+      rejects=("no_matched_instances",))
 def matched_instances(row: dict, max_instances: int, qa: bool, fallback: str) -> dict:
     """Every "Matched Instance: [X]" of the planner's answer, deduplicated, at most max_instances.
     QA on: none is a reject (no_matched_instances). QA off: the instance falls back to `fallback`
@@ -121,6 +124,8 @@ def _box(value) -> list[float] | None:
     return box if len(box) == 4 and all(map(math.isfinite, box)) else None
 
 
+@step(reads=("categories", "phrase_boxes_0", "phrase_boxes_1"),
+      writes=("dropped", "drop_reasons", "categories", "boxes_0", "boxes_1"), rejects=("no_grounded_instances",))
 def instance_boxes(row: dict) -> dict:
     """The best box of each category in each image (the grounding worker's `phrase_boxes`). An
     instance needs a box of positive area in both images; otherwise it is dropped and recorded
@@ -173,6 +178,8 @@ def _span(lo: float, hi: float, size: int, min_side: int) -> tuple[int, int]:
     return lo, hi
 
 
+@step(reads=("key", "image_0", "image_1", "boxes_0", "boxes_1", "categories"),
+      writes=("judge_orders", "crops_a", "crops_b", "judge_prompts"))
 def judge_queries(row: dict, seed: int) -> dict:
     """Per instance: the two crops in the seeded order (crops_a is what the judge calls Image A)
     and the Fig. II judge prompt naming the instance."""
@@ -197,6 +204,9 @@ def rho(choice: str, order: str, winner: int) -> int:
     return int(preferred_image(choice, order) != winner)
 
 
+@step(reads=("judge_raw", "categories", "boxes_0", "boxes_1", "judge_orders", "winner", "dropped",
+             "drop_reasons"),
+      writes=("judge_answers", "judge_choices", "rho"), rejects=("no_judged_instances",))
 def instance_preferences(row: dict, qa: bool) -> dict:
     """rho per instance from the judge's answers. QA on: an unparsable or ambiguous answer drops
     its instance (recorded with the parser's code); none left is a reject. QA off: the instance is
@@ -247,6 +257,8 @@ def weight_map(boxes, rhos, image_hw: tuple[int, int], grid_hw: tuple[int, int],
     return out
 
 
+@step(reads=("image_0", "image_1", "boxes_0", "boxes_1", "rho"), writes=("weights_0", "weights_1"),
+      rejects=("weight_grid",))
 def weight_maps(row: dict, w_pos: float, w_neg: float, cell: int) -> dict:
     """weights_0 / weights_1: eq. 1 on each image's latent grid (cell px per weight), each from
     that image's boxes and the instances' shared rho."""
@@ -260,9 +272,12 @@ def weight_maps(row: dict, w_pos: float, w_neg: float, cell: int) -> dict:
 
 # --- output ----------------------------------------------------------------------------------------
 
+@step(reads=("rho", "dropped", "drop_reasons", "judge_choices", "boxes_0", "boxes_1", "categories",
+             "judge_answers", "judge_orders"),
+      writes=("n_instances", "n_dropped", "n_agree", "n_disagree", "rho_mean", "n_unjudged", "json"))  # + the run fields, declared by the plan
 def finalize(row: dict, fields: dict) -> dict:
     """Counts and rho statistics for the manifest, the per-instance records for the json member,
-    run-level fields; scratch columns dropped."""
+    run-level fields."""
     rhos = [int(r) for r in row["rho"]]
     row["rho"] = rhos
     row["n_instances"], row["n_dropped"] = len(rhos), len(row["dropped"])
@@ -276,7 +291,5 @@ def finalize(row: dict, fields: dict) -> dict:
                                                    row["judge_answers"], row["judge_orders"], row["judge_choices"])]
     dropped = [{"category": c, "reason": r} for c, r in zip(row["dropped"], row["drop_reasons"])]
     row["json"] = json.dumps({"instances": instances, "dropped_instances": dropped})  # a str: Ray keeps its keys
-    for k in SCRATCH:
-        row.pop(k, None)
     row.update(fields)
     return row

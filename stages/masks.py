@@ -7,7 +7,7 @@ Masks are HxW bool (anything non-zero counts as inside). Boxes are float32 xyxy 
 coordinates: a mask whose only pixel is row r, column c has the box [c, r, c + 1, r + 1], the
 convention of the grounding worker's boxes, so a box and the pixels it covers agree.
 
-Bad data (an empty mask, shapes that do not match) raises schemas.batch.Reject with a reason.
+Bad data (an empty mask, shapes that do not match) raises runtime.rows.Reject with a reason.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import math
 import cv2
 import numpy as np
 
-from schemas.batch import Reject
+from runtime.rows import Reject
 
 
 def as_mask(mask) -> np.ndarray:

@@ -1,25 +1,21 @@
 """The CPU steps of the MultiID pipeline (WithAnyone, seed 002, section 3 and appendix C) between its
 model stages: inputs, face gates, the bank verdicts, retrieval against the bank's centers, filters,
-caption prompts and parsing. Row functions raise Reject; `retrieve` works on a whole batch so that
-every face of the batch is matched with one matrix product."""
+caption prompts and parsing. Row functions raise Reject; `retrieve` works on a batch's live rows so
+that every face of the batch is matched with one matrix product. Each declares its columns."""
 from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
-from schemas.batch import Reject, batch_of, is_rejected, rows_of
-from schemas.contract import TIMING_PREFIX
+from runtime.plan import step
+from runtime.rows import Reject
+from stages.bench_split import split_of
 from stages.photos import IMAGE_EXTS, load_image
 from stages.prompts import CAPTION_PREFIX, caption_prompt, parse_caption
 from stages.retrieval import UNASSIGNED, assign, similarities, top1
-
-# columns the writer need not see
-SCRATCH = ("path", "face_boxes", "face_kps", "caption_prompt", "caption_raw", "identity")
-
 
 # --- inputs ------------------------------------------------------------------------------------
 
@@ -48,6 +44,7 @@ def list_photos(source: str, with_identity: bool) -> list[dict]:
     return rows
 
 
+@step(reads=("path",), writes=("image", "source", "height", "width"), rejects=("missing_file", "unreadable_file", "corrupt_image", "decompression_bomb", "too_small"))
 def load(row: dict, max_side: int, max_pixels: int | None, min_side: int) -> dict:
     """Decompression bombs, corrupt files and tiny images are rejects (stages.photos.load_image)."""
     row["image"] = load_image(row.get("path"), max_side=max_side, min_side=min_side, max_pixels=max_pixels)
@@ -70,6 +67,8 @@ def _check_embeddings(emb: np.ndarray) -> np.ndarray:
     return emb
 
 
+@step(reads=("n_faces", "face_boxes", "det_scores", "embeddings"), writes=("embedding", "box", "det_score"),
+      rejects=("no_face", "face_count", "bad_embedding"))
 def one_face(row: dict, min_det_score: float, min_face_px: int) -> dict:
     """Single-person photo: exactly one face above the score and size floor (weaker detections do
     not count), else a reject that records how many were found."""
@@ -84,6 +83,8 @@ def one_face(row: dict, min_det_score: float, min_face_px: int) -> dict:
     return row
 
 
+@step(reads=("n_faces", "face_boxes", "det_scores", "embeddings", "face_kps"),
+      writes=("embeddings", "boxes", "keypoints", "det_scores", "n_faces"), rejects=("no_face", "face_count", "bad_embedding"))
 def group_faces(row: dict, min_faces: int, max_faces: int, min_det_score: float, min_face_px: int) -> dict:
     """Group photo: keep faces above the score and size floor; min_faces..max_faces of them."""
     keep = _usable(row, min_det_score, min_face_px) if int(row["n_faces"]) else np.zeros(0, bool)
@@ -98,35 +99,34 @@ def group_faces(row: dict, min_faces: int, max_faces: int, min_det_score: float,
     return row
 
 
-def retrieve(batch, centers_ref, thresholds: tuple[float, float], assign_threshold: float):
+@step(reads=("embeddings",), writes=("top1_identity", "similarity", "margin", "identity_at_040", "identity_at_050",
+                                   "identity", "assign_threshold", "n_assigned", "paired"))
+def retrieve(rows: list[dict], centers: np.ndarray, thresholds: tuple[float, float],
+             assign_threshold: float) -> list[dict]:
     """Every face of the batch against every center in one matrix product; per photo the top-1
-    identity, similarity, margin, and the one-to-one assignment at both thresholds."""
-    import ray
-
-    centers = ray.get(centers_ref) if isinstance(centers_ref, ray.ObjectRef) else centers_ref
-    t0 = time.perf_counter()
-    rows = rows_of(batch)
-    live = [r for r in rows if not is_rejected(r)]
-    if live:
-        sim_all = similarities(np.concatenate([r["embeddings"] for r in live]), centers)
-        start = 0
-        for r in live:
-            n = len(r["embeddings"])
-            sim = sim_all[start:start + n]
-            start += n
-            ident, best, margin = top1(sim)
-            r["top1_identity"], r["similarity"], r["margin"] = ident.tolist(), best.tolist(), margin.tolist()
-            low, high = (assign(sim, t).tolist() for t in thresholds)
-            r["identity_at_040"], r["identity_at_050"] = low, high
-            r["assign_threshold"] = assign_threshold
-            chosen = low if assign_threshold == thresholds[0] else high
-            r["n_assigned"] = sum(i != UNASSIGNED for i in chosen)
-            r["paired"] = r["n_assigned"] > 0
-        for r in live:  # the batch's one matmul, shared out
-            r[TIMING_PREFIX + "retrieve"] = (time.perf_counter() - t0) / len(live)
-    return batch_of(rows)
+    identity, similarity, margin, and the assignment at both thresholds. `identity` is the one
+    at `assign_threshold` (recorded beside it): the identities of the photo for everything
+    downstream (paired, the bench split, the report, the trainer)."""
+    if not rows:
+        return rows
+    sim_all = similarities(np.concatenate([r["embeddings"] for r in rows]), centers)
+    start = 0
+    for r in rows:
+        n = len(r["embeddings"])
+        sim = sim_all[start:start + n]
+        start += n
+        ident, best, margin = top1(sim)
+        r["top1_identity"], r["similarity"], r["margin"] = ident.tolist(), best.tolist(), margin.tolist()
+        low, high = (assign(sim, t).tolist() for t in thresholds)
+        r["identity_at_040"], r["identity_at_050"] = low, high
+        r["assign_threshold"] = assign_threshold
+        r["identity"] = low if assign_threshold == thresholds[0] else high
+        r["n_assigned"] = sum(i != UNASSIGNED for i in r["identity"])
+        r["paired"] = r["n_assigned"] > 0
+    return rows
 
 
+@step(reads=("height", "width", "image"), writes=("min_side", "collage"), rejects=("low_resolution", "collage"))
 def filters(row: dict, min_side: int, collage: bool) -> dict:
     """Recorded columns, each a gate: minimum resolution and (optional) collage detection."""
     row["min_side"] = int(min(row["height"], row["width"]))
@@ -143,12 +143,15 @@ def filters(row: dict, min_side: int, collage: bool) -> dict:
 
 # --- captions --------------------------------------------------------------------------------------
 
+@step(reads=("key",), writes=("caption_prompt_index", "caption_prompt"))
 def caption_query(row: dict, seed: int) -> dict:
     """App. I.1: one of the six prompts, chosen by a seeded hash of the key."""
     row["caption_prompt_index"], _, row["caption_prompt"] = caption_prompt(row["key"], seed)
     return row
 
 
+@step(optional=("caption_raw",), writes=("caption", "caption_repaired"),
+      rejects=("refusal", "empty_caption", "caption_too_long", "caption_no_prefix"))
 def caption(row: dict, max_words: int, repair: bool) -> dict:
     """At most `max_words` words, opening "This image shows": repaired (cut / prefixed) or rejected."""
     parsed = parse_caption(row.get("caption_raw"), start_at=CAPTION_PREFIX)
@@ -168,8 +171,29 @@ def caption(row: dict, max_words: int, repair: bool) -> dict:
     return row
 
 
+@step(reads=("key",), writes=("identity_id", "center_similarity"), rejects=("outlier", "too_few_references"))
+def bank_verdict(row: dict, verdicts: dict, members: dict) -> dict:
+    """The reference bank's verdict on a single-person photo: its identity id and similarity to
+    the identity's center, or the bank's reject (outlier, too_few_references)."""
+    if row["key"] in verdicts:
+        raise Reject(*verdicts[row["key"]])
+    row["identity_id"], row["center_similarity"] = members[row["key"]]
+    return row
+
+
+@step(reads=("identity",), writes=("split", "json"))
+def bench_split(row: dict, held: set, references: dict) -> dict:
+    """MultiID-Bench: a photo showing a held-out identity is bench, else train; the json member
+    lists the bank's reference keys of each identity in the photo."""
+    ids = [int(i) for i in row["identity"]]
+    row["split"] = split_of(ids, held)
+    # a JSON string: Ray would turn a dict into a struct whose fields are every row's identities
+    row["json"] = json.dumps({"reference_keys": {str(i): references.get(i, []) for i in ids if i >= 0}})
+    return row
+
+
+@step()
 def finalize(row: dict, fields: dict) -> dict:
-    for k in SCRATCH:
-        row.pop(k, None)
+    """Run-level manifest fields (model ids; the plan declares them)."""
     row.update(fields)
     return row

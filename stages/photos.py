@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from schemas.batch import Reject
+from runtime.rows import Reject
 from schemas.contract import as_rgb
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")

@@ -10,7 +10,7 @@ Every parser returns a `Parsed(value, reason)` named tuple and never raises on a
     if parsed.ok:                       # reason is None, value holds the result
         winner = parsed.value
     value, reason = parsed              # or unpack it
-    winner = parsed.unwrap()            # inside a stage: raises schemas.batch.Reject(code, detail)
+    winner = parsed.unwrap()            # inside a stage: raises runtime.rows.Reject(code, detail)
 
 `reason` is a short string "<code>: <detail>", e.g. "unparsable_rubric: expected 10 answers, got 7".
 The code (before the first ": ") is what reject tables group by; the detail is for a human. Codes:
@@ -48,10 +48,10 @@ class Parsed(NamedTuple, Generic[T]):
         return None if self.reason is None else self.reason.split(": ", 1)[0]
 
     def unwrap(self) -> T:
-        """The value, or raise schemas.batch.Reject(code, detail) so run_rows makes a reject row."""
+        """The value, or raise runtime.rows.Reject(code, detail) so run_rows makes a reject row."""
         if self.reason is None:
             return self.value
-        from schemas.batch import Reject  # lazy: this module stays importable on its own
+        from runtime.rows import Reject  # lazy: this module stays importable on its own
 
         code, _, detail = self.reason.partition(": ")
         raise Reject(code, detail)

@@ -2,7 +2,7 @@
 stages: inputs to (reference, target) images, the foreground gate after background removal, the two
 VLM turns (attributes of the cleaned reference, then the 0-5 rating of the target), the views and
 scores of R_sub (stages/subject_reward.py) and the manifest fields. Each function takes and returns
-one row and raises Reject on bad data; schemas.batch.run_rows applies it to a batch."""
+one row and raises Reject on bad data; runtime.rows.run_step applies it to a batch."""
 from __future__ import annotations
 
 import json
@@ -10,16 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.batch import Reject
-from stages.keys import file_id
+from runtime.plan import step
+from runtime.rows import Reject
+from stages.keys import file_id, sample_key
 from stages.photos import fit_image, load_image, pair_order, read_prompts_and_classes, subject_folders
 from stages.prompts import attributes_prompt, parse_attributes, parse_rating, rating_prompt
 from stages.subject_reward import corresponding_views, subject_reward
-
-# columns a stage needs and the writer does not: dropped before encoding
-SCRATCH = ("ref_src", "target_src", "image_src", "ref_on_white", "ref_fg_fraction", "attributes_prompt",
-           "attributes_raw", "rating_prompt", "rating_raw", "rsub_ref", "rsub_target", "rsub_n_patch",
-           "rsub_cosines", "subjects")
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -78,6 +74,23 @@ def pair_row(raw: dict, source: str, base: str | None = None) -> tuple[dict, dic
     return row, inputs
 
 
+# the input columns of each source (a pair list may carry more; they are not read)
+INPUT_COLUMNS = {"photos": ("ref_src", "target_src", "subject", "prompt"), "pairs": ("ref", "target", "prompt", "subject"),
+                 "diptych": ("image", "prompt", "subject", "description"),
+                 "dip": ("json.json", "ref.jpg", "win.jpg", "__key__")}
+
+
+@step(optional=("__key__", "description", "image", "json.json", "prompt", "ref", "ref.jpg", "ref_src", "subject",
+                "target", "target_src", "win.jpg"),
+      writes=("ref_src", "target_src", "image_src", "prompt", "subject", "subjects", "input", "key"))
+def read_pair(raw: dict, source: str, base: str | None, fields: dict) -> dict:
+    """An input row in the pipeline's columns, with its content key. Nothing is rejected here (a
+    reject needs its key first); load_pair rejects what is missing."""
+    row, inputs = pair_row(raw, source, base)
+    row["key"] = sample_key(inputs, fields)
+    return row
+
+
 def _located(value, base: str | None):
     """A relative path in a list is relative to the list."""
     if isinstance(value, str) and base and "://" not in value and not Path(value).is_absolute():
@@ -85,6 +98,7 @@ def _located(value, base: str | None):
     return value
 
 
+@step(optional=("subjects", "subject"), rejects=("multi_subject",))
 def single_subject(row: dict) -> dict:
     """A DIP sample of several subjects is no UPER pair: one subject on white is the condition."""
     if (row.get("subjects") or 1) > 1:
@@ -105,6 +119,8 @@ def diptych_text(row: dict) -> tuple[str | None, str | None]:
     return row.get("prompt") or desc.get("description_1"), row.get("subject") or desc.get("item")
 
 
+@step(optional=("prompt", "image_src", "ref_src", "target_src"), writes=("ref", "target"),
+      rejects=("no_prompt", "missing_file", "unreadable_file", "corrupt_image", "decompression_bomb", "too_small"))
 def load_pair(row: dict, max_side: int, diptych_padding: int) -> dict:
     """ref and target as uint8 RGB, each at most max_side (sides multiples of 16). A diptych
     (Subjects200K: two 512 px images side by side, each inside an 8 px border, 1056 x 528) is split
@@ -128,6 +144,8 @@ def load_pair(row: dict, max_side: int, diptych_padding: int) -> dict:
 
 # --- sec. 3.2.1 step 1: background removal ------------------------------------------------------
 
+@step(reads=("ref_fg_fraction", "ref_on_white"), writes=("ref_clean", "fg_fraction"),
+      rejects=("foreground_too_small", "foreground_too_large"))
 def foreground_gate(row: dict, fg_min: float, fg_max: float) -> dict:
     """The reference on pure white (the background_removal worker's composite) becomes ref_clean
     and its alpha ref_alpha; a reference where almost nothing (< fg_min) or almost everything
@@ -143,11 +161,14 @@ def foreground_gate(row: dict, fg_min: float, fg_max: float) -> dict:
 
 # --- sec. 3.2.1 step 2 / app. B.4: the VLM filter, two turns --------------------------------------
 
+@step(optional=("subject",), writes=("attributes_prompt",))
 def attributes_query(row: dict, max_attributes: int) -> dict:
     row["attributes_prompt"] = attributes_prompt(row.get("subject") or "object", max_attributes)
     return row
 
 
+@step(reads=("attributes_raw",), optional=("subject",), writes=("attributes", "rating_prompt"),
+      rejects=("unparsable_attributes",))
 def rating_query(row: dict, max_attributes: int, qa: bool) -> dict:
     """Turn (a)'s answer -> the attribute list; turn (b) asks about each of them in the target.
     Without QA an unparsable answer leaves the list empty and the rating turn still runs."""
@@ -159,6 +180,9 @@ def rating_query(row: dict, max_attributes: int, qa: bool) -> dict:
     return row
 
 
+@step(reads=("rating_raw", "attributes_raw"),
+      writes=("rating", "verdicts", "attributes_present", "attributes_answer", "rating_answer"),
+      rejects=("unparsable_rating", "inconsistent_pair"))
 def rating_gate(row: dict, rating_min: int, qa: bool) -> dict:
     """App. B.4: keep the pair when the 0-5 rating is >= rating_min (default 4). Without QA the
     rating is recorded (None when unparsable) and nothing is dropped."""
@@ -180,6 +204,7 @@ def rating_gate(row: dict, rating_min: int, qa: bool) -> dict:
 
 # --- sec. 3.1.3 / app. B.1: R_sub -----------------------------------------------------------------
 
+@step(reads=("key", "ref_clean", "target"), writes=("rsub_ref", "rsub_target", "rsub_n_patch"))
 def subject_reward_views(row: dict, size: int, patch: int, stride: int, crops: int, crop_size: int,
                          seed: int) -> dict:
     """The corresponding views of ref_clean (what the model is conditioned on) and target, for the
@@ -191,6 +216,8 @@ def subject_reward_views(row: dict, size: int, patch: int, stride: int, crops: i
     return row
 
 
+@step(reads=("rsub_cosines", "rsub_n_patch"),
+      writes=("r_sub", "r_sub_patch", "r_sub_cls", "r_sub_crops", "r_sub_penalty"), rejects=("bad_subject_reward",))
 def subject_reward_scores(row: dict, weights: dict, copy_paste_similarity: float | None,
                           copy_paste_penalty: float) -> dict:
     try:
@@ -201,9 +228,8 @@ def subject_reward_scores(row: dict, weights: dict, copy_paste_similarity: float
     return row
 
 
+@step()  # writes the run-level manifest fields the pipeline passes (its plan declares them)
 def finalize(row: dict, fields: dict, keep_ref: bool) -> dict:
-    for k in SCRATCH:
-        row.pop(k, None)
     if not keep_ref:
         row.pop("ref", None)
     row.update(fields)

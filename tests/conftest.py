@@ -24,8 +24,8 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        # workers import test modules (classes defined in tests are pickled by reference)
-        paths = [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
+        # workers import test modules as tests.<package>.<module> (classes defined in tests are pickled by reference)
+        paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         # logical CPUs: a pipeline's DAG holds an actor per model pool for life (see configs/dip.tiny.yaml)
         ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)

@@ -13,7 +13,11 @@ import numpy as np
 
 from stages.rubric import rubric_for
 from workers.base import Worker, image_of
+from workers.grounding import Grounding
+from workers.image_encoder import ImageEncoder
+from workers.segmentation import Segmentation
 from workers.text_to_image import TextToImage
+from workers.vlm import VLM
 
 SIZE = 64
 SQUARE = (16, 48)  # the subject: a coloured square, rows and columns 16..47
@@ -49,6 +53,17 @@ RUBRIC_SCRIPT = {
 }
 
 
+def wired_like(real: type[Worker]) -> tuple:
+    """(role, columns, rejects, arguments) of `real`: as a double's class attributes they make it
+    wire exactly like the real worker in a plan."""
+    return real.role, real.columns, real.rejects, real.arguments
+
+
+def plan_args(common: dict) -> dict:
+    """What a double passes to Worker.__init__: the plan's stage, drop and keep; always the CPU."""
+    return {k: common[k] for k in ("stage", "drop", "keep") if k in common} | {"device": "cpu"}
+
+
 def script_for(prompt: str) -> str:
     """The scripted subject a prompt is about (rubric: "object (name)", captions: "subject, name,")."""
     for name in sorted(RUBRIC_SCRIPT, key=len, reverse=True):
@@ -58,11 +73,10 @@ def script_for(prompt: str) -> str:
 
 
 class ScriptedVLM(Worker):
-    role = "vlm"
+    role, columns, rejects, arguments = wired_like(VLM)
 
-    def __init__(self, model: str, *, stage=None, dtype="float32", device=None, images=("image",),
-                 prompt="prompt", output="answer", max_new_tokens=256, **_):
-        super().__init__(model, stage=stage, dtype=dtype, device="cpu")
+    def __init__(self, model: str, *, images=("image",), prompt="prompt", output="answer", **common):
+        super().__init__(model, **plan_args(common))
         self.images = [images] if isinstance(images, str) else list(images)
         self.prompt, self.output = prompt, output
 
@@ -110,12 +124,11 @@ def paint(prompt: str, width: int) -> np.ndarray:
 class PaintedTextToImage(TextToImage):
     """FLUX's place in the DAG with painted images; the real checks on inputs and outputs run."""
 
-    def __init__(self, model: str, *, stage=None, dtype="float32", device=None, mode="diptych",
-                 prompt_column="prompt", seed_column="seed", ref_column="ref", win_column="win",
-                 output_column="image", height=SIZE, width=SIZE, **_):
-        Worker.__init__(self, model, stage=stage, dtype=dtype, device="cpu")
-        self.mode, self.prompt_column, self.seed_column = mode, prompt_column, seed_column
-        self.ref_column, self.win_column, self.output_column = ref_column, win_column, output_column
+    def __init__(self, model: str, *, mode="diptych", prompt="prompt", seed="seed", left="left", right="right",
+                 output="image", height=SIZE, width=SIZE, **common):
+        Worker.__init__(self, model, **plan_args(common))
+        self.mode, self.prompt, self.seed = mode, prompt, seed
+        self.left, self.right, self.output = left, right, output
         self.height, self.width, self.multiple = height, width, 16
 
     def predict(self, inputs: list[dict]) -> list[dict]:
@@ -125,11 +138,10 @@ class PaintedTextToImage(TextToImage):
 class PixelEncoder(Worker):
     """The image encoder's cosine on mean-centred pixels: identical images give 1, inverted ones -1."""
 
-    role = "image_encoder"
+    role, columns, rejects, arguments = wired_like(ImageEncoder)
 
-    def __init__(self, model: str, *, stage=None, dtype="float32", device=None, image="image", image_b=None,
-                 cosine="cosine", **_):
-        super().__init__(model, stage=stage, dtype=dtype, device="cpu")
+    def __init__(self, model: str, *, image="image", image_b=None, cosine="cosine", **common):
+        super().__init__(model, **plan_args(common))
         self.image, self.image_b, self.cosine = image, image_b, cosine
 
     def check(self, row: dict) -> dict:
@@ -147,11 +159,10 @@ class PixelEncoder(Worker):
 class ScriptedGrounding(Worker):
     """The square's box for every phrase; "ghost" is never found, "void" gets a zero-area box."""
 
-    role = "grounding"
+    role, columns, rejects, arguments = wired_like(Grounding)
 
-    def __init__(self, model: str, *, stage=None, dtype="float32", device=None, image="win",
-                 phrases="phrases", phrase_boxes="phrase_boxes", **_):
-        super().__init__(model, stage=stage, dtype=dtype, device="cpu")
+    def __init__(self, model: str, *, image="image", phrases="phrases", phrase_boxes="phrase_boxes", **common):
+        super().__init__(model, **plan_args(common))
         self.image, self.phrases, self.phrase_boxes = image, phrases, phrase_boxes
 
     def check(self, row: dict) -> dict:
@@ -167,10 +178,10 @@ class ScriptedGrounding(Worker):
 class BoxSegmentation(Worker):
     """Each box filled: the mask SAM2 would give for a solid square."""
 
-    role = "segmentation"
+    role, columns, rejects, arguments = wired_like(Segmentation)
 
-    def __init__(self, model: str, *, stage=None, dtype="float32", device=None, image="win", boxes="boxes", **_):
-        super().__init__(model, stage=stage, dtype=dtype, device="cpu")
+    def __init__(self, model: str, *, image="image", boxes="boxes", **common):
+        super().__init__(model, **plan_args(common))
         self.image, self.boxes = image, boxes
 
     def check(self, row: dict) -> dict:

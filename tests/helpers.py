@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from schemas.batch import rows_of
+from runtime.rows import rows_of
 from schemas.contract import encode_member
 from schemas.registry import get_schema
 from stages.keys import sample_key

@@ -15,7 +15,9 @@ import re
 import numpy as np
 
 from tests.dip_doubles import ScriptedVLM as DIPScriptedVLM
+from tests.dip_doubles import plan_args, wired_like
 from workers.base import Worker, image_of, is_list
+from workers.grounding import Grounding
 
 SIZE = 64
 BRIGHT, DARK, BACKGROUND = 230, 30, 128
@@ -98,12 +100,11 @@ class ScriptedVLM(DIPScriptedVLM):
 class ScriptedGrounding(Worker):
     """BOXES[(phrase, image index)] for each phrase, None where the table has no box."""
 
-    role = "grounding"
+    role, columns, rejects, arguments = wired_like(Grounding)
 
-    def __init__(self, model: str, *, stage=None, dtype="float32", device=None, box_threshold=0.35,
-                 text_threshold=0.25, image="win", phrases="phrases", boxes="boxes", box_scores="box_scores",
-                 box_labels="box_labels", phrase_boxes="phrase_boxes", **_):
-        super().__init__(model, stage=stage, dtype=dtype, device="cpu")
+    def __init__(self, model: str, *, image="image", phrases="phrases", boxes="boxes", box_scores="box_scores",
+                 box_labels="box_labels", phrase_boxes="phrase_boxes", **common):
+        super().__init__(model, **plan_args(common))
         self.image, self.phrases = image, phrases
         self.index = int(image[-1])
         self.out = (boxes, box_scores, box_labels, phrase_boxes)

@@ -40,13 +40,53 @@ def test_demo_runs_dip_photos_with_shared_and_tiny_generation_without():
 
 
 def test_cli_run_and_manifest(ray_local, tmp_path):
-    from schemas.cli import main
+    from runtime.cli import main
 
     assert main(["run", "synthetic", "--config", str(ROOT / "configs/synthetic.tiny.yaml"), "--out", str(tmp_path),
                  "--set", "samples=12", "--set", "dataset=iapo", "--set", "poison_every=5"]) == 0
-    out = subprocess.run([sys.executable, "-m", "schemas.cli", "manifest", str(tmp_path / "iapo")],
+    out = subprocess.run([sys.executable, "-m", "runtime.cli", "manifest", str(tmp_path / "iapo")],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "iapo: 7 samples" in out.stdout and "5 rejects" in out.stdout
-    assert re.search(r"encode\s+error\s+2", out.stdout) and re.search(r"generate\s+poison\s+3", out.stdout)
+    assert re.search(r"encode\s+unencodable\s+2", out.stdout) and re.search(r"generate\s+poison\s+3", out.stdout)
     assert main(["run", "nosuchpipeline"]) == 2
+
+
+def readme_plan_tables() -> list[tuple[str, str, list[tuple[list[str], set[str]]]]]:
+    """Each `<!-- plan: NAME CONFIG -->` table: (plan name, config, [(steps of a row, rejects of the row)])."""
+    text = (ROOT / "README.md").read_text()
+    tables = []
+    for m in re.finditer(r"<!-- plan: (.+) (configs/\S+) -->\n((?:\|.*\n)+)", text):
+        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in m.group(3).splitlines()[2:]]
+        tables.append((m.group(1), m.group(2), [([n.strip() for n in r[0].split(",")],
+                                                 {x.strip() for x in r[-1].split(",") if x.strip()}) for r in rows]))
+    return tables
+
+
+def test_dag_tables_are_the_plans():
+    """Every pipeline's DAG table lists its plan's steps in order (resume aside), and each row the
+    exact rejects its steps declare."""
+    import importlib
+
+    from runtime.config import load_config
+
+    tables = readme_plan_tables()
+    assert sorted(t[0] for t in tables) == ["dip", "iapo", "multiid", "multiid bank", "uper"]
+    for name, config, rows in tables:
+        module = importlib.import_module(f"pipelines.{name.split()[0]}")
+        cfg = load_config(module.PIPELINE.config, ROOT / config)
+        (plan,) = [p for p in module.PIPELINE.plans(cfg, None) if p.name == name]
+        steps = {s.name: s for s in plan.check().steps}
+        assert [n for r, _ in rows for n in r] == [s for s in steps if steps[s].kind != "resume"], name
+        for names, rejects in rows:
+            declared = {x for n in names for x in steps[n].rejects}
+            assert rejects == declared, f"{name} {names}: README {sorted(rejects)} != plan {sorted(declared)}"
+
+
+def test_readme_has_a_table_of_contents_of_its_sections():
+    text = (ROOT / "README.md").read_text()
+    contents = text.split("Contents:", 1)[1].split("\n\n", 1)[0]
+    anchors = re.findall(r"\]\(#([^)]+)\)", contents)
+    for heading in re.findall(r"^## (.+)$", text, re.M):
+        slug = re.sub(r"[^a-z0-9 _-]", "", heading.lower()).replace(" ", "-")
+        assert slug in anchors, heading

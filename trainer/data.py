@@ -99,7 +99,7 @@ def uper_example(s: dict, size: int) -> dict:
 def multiid_example(s: dict, size: int, references: dict) -> dict:
     image, embeddings = need(s, "image", "embeddings")
     meta = s["json"]
-    ids = [int(i) for i in meta["identity_at_050"]] if meta.get("identity_at_050") else []
+    ids = [int(i) for i in meta.get("identity") or []]  # the assignment the split was built from
     keys = [k for i in ids if i >= 0 for k in meta.get("reference_keys", {}).get(str(i), [])]
     ref = next((references[k] for k in keys if k in references), None)
     if ref is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from schemas.pipeline_configs import TrainConfig
+from configs import TrainConfig
 from trainer import objectives as obj
 from trainer.data import collate, examples
 from trainer.model import SubjectFlux, to_tensor

@@ -86,20 +86,25 @@ class BackgroundRemoval(Worker):
     Column names take `prefix`."""
 
     role = "background_removal"
+    inputs = ("image",)
 
-    def __init__(self, model: str, *, stage: str | None = None, dtype: str = "float32",
-                 device: str | None = None, image_column: str = "ref", prefix: str = "",
-                 session_name: str | None = None, post_process_mask: bool = False, cutout: bool = False):
-        super().__init__(model, stage=stage, dtype=dtype, device=device)
+    def __init__(self, model: str, *, dtype: str = "float32", image: str = "image", prefix: str = "",
+                 session_name: str | None = None, post_process_mask: bool = False, cutout: bool = False,
+                 **common):
+        super().__init__(model, dtype=dtype, **common)
         providers = onnx_providers(self.device)
         if providers[0] == "CPUExecutionProvider":
             self.device = "cpu"
-        self.image_column, self.prefix = image_column, prefix
+        self.image, self.prefix = image, prefix
         self.post_process_mask, self.cutout = post_process_mask, cutout
         self.session = new_session(model, providers, session_name)  # once per actor
 
     def check(self, row: dict) -> dict:
-        return {"rgb": image_of(row, self.image_column)}
+        return {"rgb": image_of(row, self.image)}
+
+    @classmethod
+    def columns(cls, image: str = "image", prefix: str = "", cutout: bool = False, **kwargs):
+        return [image], [prefix + c for c in ("alpha", "on_white", "fg_fraction") + (("cutout",) if cutout else ())]
 
     def predict(self, inputs: list[dict]) -> list[dict]:
         import rembg
@@ -121,37 +126,3 @@ class BackgroundRemoval(Worker):
                 row[p + "cutout"] = np.concatenate([rgb, alpha[..., None]], axis=2)
             out.append(row)
         return out
-
-
-# ---------------------------------------------------------------------------------------------
-# tiny random-weight model
-
-def build_tiny(directory, seed: int = 0) -> Path:
-    """A random-weight stand-in for u2netp with its ONNX signature: input "input.1" 1x3x320x320,
-    seven 1x1x320x320 side outputs in [0, 1] (the fused map first, which rembg reads), saved as
-    `u2netp.onnx` so the worker loads it by its directory through rembg's own u2netp session."""
-    import torch
-    from torch import nn
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-
-    class TinyU2Netp(nn.Module):
-        def __init__(self, width=8):
-            super().__init__()
-            self.encode = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.ReLU(),
-                                        nn.Conv2d(width, width, 3, 2, 1), nn.ReLU())
-            self.side = nn.Conv2d(width, 6, 3, 1, 1)  # six side outputs, as U^2-Net's stages
-            self.fuse = nn.Conv2d(6, 1, 1)
-            self.up = nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False)
-
-        def forward(self, x):
-            sides = self.up(self.side(self.encode(x)))
-            fused = self.fuse(sides)
-            return (torch.sigmoid(fused), *torch.sigmoid(sides).split(1, dim=1))
-
-    path = directory / "u2netp.onnx"
-    torch.onnx.export(TinyU2Netp().eval(), (torch.zeros(1, 3, 320, 320),), str(path), input_names=["input.1"],
-                      output_names=[f"d{i}" for i in range(7)], opset_version=17, dynamo=False)
-    return directory

@@ -1,21 +1,22 @@
 """What every model worker shares: device and dtype choice, batching over the live rows of a Ray
 Data batch, bad input turned into reject rows, per-row timing, and the actor-pool arguments.
 
-A worker is used as
+A worker is a step of a pipeline's Plan (runtime.plan):
 
-    ds.map_batches(Grounding, **pool_args(Grounding, spec, stage="ground"))
+    steps.model("ground", "grounding", image="win", phrases="class_nouns")
 
-and subclasses implement only `check(row)` (input validation, raising Reject) and
-`predict(rows) -> list[dict]` (one output dict per row, model work batched).
+Subclasses declare which constructor arguments name the columns they read (`inputs`) and write
+(`outputs`), the rejects they can produce, and implement only `check(row)` (input validation,
+raising Reject) and `predict(rows) -> list[dict]` (one output dict per row, model work batched).
+Every column argument defaults to a name that says what it is (`image`, `prompt`), never to one
+dataset's column: the pipeline wires its columns in its plan.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from typing import Callable
+import inspect
 
-from schemas.batch import Reject, batch_of, cpu_stage, is_rejected, reject, rows_of
-from schemas.contract import TIMING_PREFIX, as_rgb
+from runtime.rows import DATA_ERRORS, Reject, as_reject, run_step
+from schemas.contract import as_rgb
 
 
 def pick_device(device: str | None = None) -> str:
@@ -62,16 +63,47 @@ def text_of(row: dict, column: str) -> str:
 
 class Worker:
     """Base of the model workers. `stage` names the step in the DAG (one worker class may serve
-    several stages, e.g. the VLM for the rubric and for captions); rejects and timings use it."""
+    several stages, e.g. the VLM for the rubric and for captions); rejects and timings use it.
+    `drop` / `keep` come from the plan: the columns to remove after this step."""
 
     role = "worker"
+    inputs: tuple[str, ...] = ()  # constructor arguments whose values are columns read
+    outputs: tuple[str, ...] = ()  # constructor arguments whose values are columns written
+    rejects: tuple[str, ...] = ("missing_image", "bad_image", "model_error")
 
     def __init__(self, model: str, *, stage: str | None = None, dtype: str = "bfloat16",
-                 device: str | None = None):
+                 device: str | None = None, drop: tuple = (), keep=None):
         self.model_id = model
         self.stage = stage or self.role
         self.device = pick_device(device)
         self.dtype_name = dtype
+        self.drop, self.keep = tuple(drop), keep
+
+    @classmethod
+    def arguments(cls) -> set[str]:
+        """Every keyword the worker takes: its own and, through **common, its bases'."""
+        names = set()
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is not None:
+                names |= {k for k, p in inspect.signature(init).parameters.items()
+                          if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and k != "self"}
+        return names
+
+    @classmethod
+    def columns(cls, **kwargs) -> tuple[list[str], list[str]]:
+        """(columns read, columns written) for these constructor arguments: each argument in
+        `inputs` / `outputs` names a column (a list of columns, or None for none)."""
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+
+        def names(args):
+            out = []
+            for a in args:
+                v = kwargs.get(a, defaults.get(a))
+                out += [] if v is None or v is inspect.Parameter.empty else (list(v) if is_list(v) else [v])
+            return [str(c) for c in out]
+
+        return names(cls.inputs), names(cls.outputs)
 
     # subclasses --------------------------------------------------------------------------------
     def check(self, row: dict) -> dict:
@@ -82,40 +114,35 @@ class Worker:
         """Model work on a list of prepared inputs; one dict of output columns per input."""
         raise NotImplementedError
 
-    # the batch protocol ------------------------------------------------------------------------
+    # the batch protocol (runtime.rows.run_step) ------------------------------------------------
     def __call__(self, batch):
-        rows = rows_of(batch)
+        return run_step(self.stage, batch, self._on_rows, None, self.drop, self.keep)
+
+    def _on_rows(self, rows: list[dict]) -> list:
+        out: list = [None] * len(rows)
         live, inputs = [], []
         for i, row in enumerate(rows):
-            if is_rejected(row):
-                continue
             try:
                 inputs.append(self.check(row))
                 live.append(i)
-            except Reject as r:
-                rows[i] = reject(row, self.stage, r.reason, r.detail)
-        t0 = time.perf_counter()
-        outputs = self._predict_isolating(inputs)
-        per_row = (time.perf_counter() - t0) / max(len(live), 1)
-        for i, out in zip(live, outputs):
-            if isinstance(out, Reject):
-                rows[i] = reject(rows[i], self.stage, out.reason, out.detail)
-            else:
-                rows[i].update(out)
-            rows[i][TIMING_PREFIX + self.stage] = per_row
-        return batch_of(rows)
+            except (Reject, *DATA_ERRORS) as e:
+                out[i] = as_reject(e)
+        for i, result in zip(live, self._predict_isolating(inputs)):
+            out[i] = result if isinstance(result, Reject) else dict(rows[i], **result)
+        return out
 
     def _predict_isolating(self, inputs: list[dict]) -> list:
         """Batched predict; if the batch raises, retry row by row so one poison sample becomes one
-        reject instead of failing its whole batch."""
+        reject instead of failing its whole batch. Only model and data errors are isolated: a
+        TypeError or KeyError is a bug and fails the run."""
         if not inputs:
             return []
         try:
             out = self.predict(inputs)
             if len(out) != len(inputs):
-                raise RuntimeError(f"{type(self).__name__}.predict returned {len(out)} outputs for {len(inputs)} inputs")
+                raise AssertionError(f"{type(self).__name__}.predict returned {len(out)} outputs for {len(inputs)} inputs")
             return out
-        except Exception:  # noqa: BLE001
+        except (RuntimeError, *DATA_ERRORS):
             if len(inputs) == 1:
                 import traceback
 
@@ -123,56 +150,3 @@ class Worker:
             return [self._predict_isolating([x])[0] for x in inputs]
 
 
-def pool_args(worker_cls: type[Worker], spec, **kwargs) -> dict:
-    """map_batches arguments for a worker from its ModelSpec. The pool has a fixed size so that
-    every GPU actor starts at once (Ray Data otherwise adds GPU actors one at a time)."""
-    import ray
-
-    return {
-        "fn_constructor_kwargs": {"model": spec.model, "dtype": spec.dtype, **kwargs},
-        "batch_size": spec.batch_size,
-        "num_gpus": spec.num_gpus or None,
-        "num_cpus": spec.num_cpus,
-        "compute": ray.data.ActorPoolStrategy(size=spec.concurrency),
-        "zero_copy_batch": True,
-    }
-
-
-def model_stage(ds, worker_cls: type[Worker], spec, stage: str, **kwargs):
-    """A worker as a Ray Data stage on its fixed-size actor pool (pool_args)."""
-    return ds.map_batches(worker_cls, batch_format="pyarrow", **pool_args(worker_cls, spec, stage=stage, **kwargs))
-
-
-@dataclass
-class Step:
-    """One stage of a pipeline's DAG: a CPU function on a row (`fn`), or a model worker class, its
-    ModelSpec and constructor kwargs (`cls`, `spec`, `kwargs`)."""
-
-    name: str
-    fn: Callable[[dict], dict] | None = None
-    cls: type | None = None
-    spec: object = None
-    kwargs: dict = field(default_factory=dict)
-
-
-class Plan(list):
-    """A pipeline's Steps in DAG order, appended by `cpu(name, fn)` and `model(name, role, **kwargs)`:
-    a role's worker class comes from `workers` (the pipeline's classes, or a test's doubles) and
-    its ModelSpec from the config field of the same name."""
-
-    def __init__(self, cfg, workers: dict):
-        super().__init__()
-        self.cfg, self.workers = cfg, workers
-
-    def cpu(self, name: str, fn: Callable[[dict], dict]) -> None:
-        self.append(Step(name, fn=fn))
-
-    def model(self, name: str, role: str, **kwargs) -> None:
-        self.append(Step(name, cls=self.workers[role], spec=getattr(self.cfg, role), kwargs=kwargs))
-
-
-def apply_steps(ds, steps: list[Step]):
-    """The steps as Ray Data stages, in order: CPU steps as tasks, model steps on actor pools."""
-    for s in steps:
-        ds = cpu_stage(ds, s.name, s.fn) if s.fn is not None else model_stage(ds, s.cls, s.spec, s.name, **s.kwargs)
-    return ds

@@ -14,14 +14,11 @@ for the model and cropped back, so no pixel is ever resampled.
 """
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
 
-from schemas.batch import Reject
+from runtime.rows import Reject
 from workers.base import Worker, image_of, text_of, torch_dtype
-from workers.text_to_image import (full_flux_parts, full_flux_transformer, generation_problem, generators,
-                                   groups_by_size, seed_of, tiny_flux_parts, tiny_flux_transformer, to_uint8)
+from workers.text_to_image import generation_problem, generators, groups_by_size, seed_of, to_uint8
 
 
 def mask_of(row: dict, column: str, shape: tuple[int, int]) -> np.ndarray:
@@ -74,27 +71,28 @@ def pad_to(array: np.ndarray, multiple: int) -> np.ndarray:
 class Inpainting(Worker):
     """FLUX.1 Fill [dev] inpainting inside a dilated mask, context copied back exactly.
 
-    in:  `image_column` (image), `mask_column` (bool HxW, same size), `prompt_column` (str),
-         `seed_column` (int)
-    out: `output_column` (uint8 HxWx3, same size as the input), `mask_output_column` (bool HxW: the
-         dilated mask, the only pixels that may differ from the input)
+    in:  `image` (image), `mask` (bool HxW, same size), `prompt` (str), `seed` (int)
+    out: `output` (uint8 HxWx3, same size as the input), `mask_output` (bool HxW: the dilated
+         mask, the only pixels that may differ from the input)
     rejects: missing_image, bad_image, missing_mask, bad_mask, mask_size, empty_mask, empty_prompt,
          missing_seed, bad_seed, nan_image, black_image, model_error.
     """
 
     role = "inpainting"
+    inputs = ("image", "mask", "prompt", "seed")
+    outputs = ("output", "mask_output")
+    rejects = ("missing_mask", "bad_mask", "mask_size", "empty_mask", "empty_prompt", "missing_seed", "bad_seed",
+               "nan_image", "black_image") + Worker.rejects
 
-    def __init__(self, model: str, *, stage: str | None = None, dtype: str = "bfloat16",
-                 device: str | None = None, image_column: str = "win", mask_column: str = "mask",
-                 prompt_column: str = "caption", seed_column: str = "seed", output_column: str = "lose",
-                 mask_output_column: str = "inpaint_mask", dilation_px: int = 16, feather_px: int = 8,
-                 steps: int = 50, guidance: float = 30.0, max_sequence_length: int = 512):
-        super().__init__(model, stage=stage, dtype=dtype, device=device)
+    def __init__(self, model: str, *, dtype: str = "bfloat16", image: str = "image", mask: str = "mask",
+                 prompt: str = "prompt", seed: str = "seed", output: str = "inpainted",
+                 mask_output: str = "inpaint_mask", dilation_px: int = 16, feather_px: int = 8,
+                 steps: int = 50, guidance: float = 30.0, max_sequence_length: int = 512, **common):
+        super().__init__(model, dtype=dtype, **common)
         from diffusers import FluxFillPipeline
 
-        self.image_column, self.mask_column = image_column, mask_column
-        self.prompt_column, self.seed_column = prompt_column, seed_column
-        self.output_column, self.mask_output_column = output_column, mask_output_column
+        self.image, self.mask, self.prompt, self.seed = image, mask, prompt, seed
+        self.output, self.mask_output = output, mask_output
         self.dilation_px, self.feather_px = dilation_px, feather_px
         # FluxFillPipeline's defaults and the FLUX.1-Fill-dev model card: 50 steps, guidance 30.
         self.steps, self.guidance, self.max_sequence_length = steps, guidance, max_sequence_length
@@ -103,10 +101,10 @@ class Inpainting(Worker):
         self.multiple = self.pipe.vae_scale_factor * 2
 
     def check(self, row: dict) -> dict:
-        image = image_of(row, self.image_column, min_side=self.multiple)
-        mask = mask_of(row, self.mask_column, image.shape[:2])
-        prompt = text_of(row, self.prompt_column)
-        seed = seed_of(row, self.seed_column)
+        image = image_of(row, self.image, min_side=self.multiple)
+        mask = mask_of(row, self.mask, image.shape[:2])
+        prompt = text_of(row, self.prompt)
+        seed = seed_of(row, self.seed)
         dilated = dilate(mask, self.dilation_px)
         padded = pad_to(image, self.multiple)
         return {"image": image, "mask": dilated, "prompt": prompt, "seed": seed,
@@ -141,41 +139,4 @@ class Inpainting(Worker):
         alpha = feather(mask, self.feather_px)[..., None]
         blended = to_uint8(alpha * generated + (1.0 - alpha) * (image.astype(np.float32) / 255.0))
         lose = np.where(mask[..., None], blended, image)  # outside the mask: the input, exactly
-        return {self.output_column: np.ascontiguousarray(lose), self.mask_output_column: mask}
-
-
-def build_tiny(directory, seed: int = 0) -> pathlib.Path:
-    """A random-weight FLUX.1 Fill [dev] pipeline saved with save_pretrained, loadable by
-    `Inpainting(model=directory)`. The Fill transformer reads the noisy latents (16 ch x 2x2 = 64),
-    the masked-image latents (64) and the 8x8 pixel mask folded into each latent cell and packed
-    2x2 (8 * 8 * 4 = 256): 384 channels in, 64 out."""
-    from diffusers import FluxFillPipeline
-
-    directory = pathlib.Path(directory)
-    parts = tiny_flux_parts(seed)
-    vae_scale = 2 ** (len(parts["vae"].config.block_out_channels) - 1)
-    in_channels = 64 + 64 + vae_scale * vae_scale * 4
-    pipe = FluxFillPipeline(transformer=tiny_flux_transformer(seed, in_channels=in_channels, out_channels=64), **parts)
-    pipe.save_pretrained(directory)
-    return directory
-
-
-# FLUX.1 Fill [dev]'s transformer input: noisy latents (64) + masked-image latents (64) + the 8x8
-# pixel mask of each latent cell packed 2x2 (8 * 8 * 4 = 256), as build_tiny derives it
-FILL_IN_CHANNELS = 64 + 64 + 8 * 8 * 4
-
-
-def build_full(directory, seed: int = 0, device: str | None = None) -> pathlib.Path:
-    """FLUX.1 Fill [dev] at production size with random weights: FLUX.1's transformer with 384
-    input channels (11.9B) and FLUX.1 [dev]'s text encoders and VAE; see
-    workers.text_to_image.build_full."""
-    from diffusers import FluxFillPipeline
-
-    from workers.tiny import random_init
-
-    directory = pathlib.Path(directory)
-    with random_init(seed, device):
-        pipe = FluxFillPipeline(transformer=full_flux_transformer(FILL_IN_CHANNELS, out_channels=64),
-                                **full_flux_parts())
-    pipe.save_pretrained(directory)
-    return directory
+        return {self.output: np.ascontiguousarray(lose), self.mask_output: mask}

@@ -7,8 +7,9 @@ output, bf16 autocast on the GPU.
 
 Where the model comes from (`model`):
 - a directory holding one SAM2 config yaml and one checkpoint `*.pt` ({"model": state_dict}):
-  what `build_tiny` writes, and what a local snapshot of facebook/sam2.1-hiera-* holds. The yaml
-  is composed with Hydra from that directory, so it need not live inside the sam2 package;
+  what `builders.segmentation.build_tiny` writes, and what a local snapshot of
+  facebook/sam2.1-hiera-* holds. The yaml is composed with Hydra from that directory, so it need
+  not live inside the sam2 package;
 - a directory holding only a checkpoint with one of the official file names
   (sam2.1_hiera_large.pt, ...): the package's own config for it;
 - an official hub id ("facebook/sam2.1-hiera-large", ...): the package's config, and the
@@ -22,24 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.batch import Reject
+from runtime.rows import Reject
 from workers.base import Worker, image_of, torch_dtype
-
-# sam2.1 hiera-t, shrunk: what build_tiny changes in the package's sam2.1_hiera_t.yaml. The
-# image size stays 1024 (SAM2ImagePredictor hard-codes the 256/128/64 feature sizes it gives).
-TINY_OVERRIDES = {"model": {
-    "image_encoder": {
-        # 5 blocks; block 3 global attention (a global block may not start a stage: q-pooling)
-        "trunk": {"embed_dim": 8, "num_heads": 1, "stages": [1, 1, 2, 1], "global_att_blocks": [3]},
-        "neck": {"d_model": 32, "backbone_channel_list": [64, 32, 16, 8],
-                 "position_encoding": {"num_pos_feats": 32}}},
-    "memory_attention": {"d_model": 32, "num_layers": 1, "layer": {
-        "d_model": 32, "dim_feedforward": 64, "self_attention": {"embedding_dim": 32},
-        "cross_attention": {"embedding_dim": 32, "kv_in_dim": 16}}},
-    "memory_encoder": {"out_dim": 16, "in_dim": 32, "position_encoding": {"num_pos_feats": 16},
-                       "mask_downsampler": {"embed_dim": 32}, "fuser": {"num_layers": 1, "layer": {"dim": 32}}},
-}}
-TINY_CONFIG, TINY_CHECKPOINT = "sam2.1_hiera_tiny_random.yaml", "sam2.1_hiera_tiny_random.pt"
 
 
 @contextlib.contextmanager
@@ -100,19 +85,21 @@ def boxes_of(value, h: int, w: int) -> np.ndarray:
 
 
 class Segmentation(Worker):
-    """Input: an image column (`image`, default "win") and a boxes column (`boxes`, default
+    """Input: an image column (`image`) and a boxes column (`boxes`, default
     "boxes": float32 [n, 4] xyxy pixels, e.g. Grounding's output). Output: `masks` bool
     [n, H, W] (one mask per box, the image's size), `mask_scores` float32 [n] (SAM2's predicted
     IoU of each mask). A row with zero boxes gets `masks` [0, H, W] and `mask_scores` [0].
     Rejects: `missing_image` / `bad_image`, `missing_boxes`, `bad_boxes` (not [n, 4], NaN)."""
 
     role = "segmentation"
+    inputs = ("image", "boxes")
+    outputs = ("masks", "mask_scores")
+    rejects = ("missing_boxes", "bad_boxes") + Worker.rejects
 
-    def __init__(self, model: str = "facebook/sam2.1-hiera-large", *, stage: str | None = None,
-                 dtype: str = "bfloat16", device: str | None = None, checkpoint_dir: str | None = None,
-                 multimask_output: bool = False, image: str = "win", boxes: str = "boxes",
-                 masks: str = "masks", mask_scores: str = "mask_scores"):
-        super().__init__(model, stage=stage, dtype=dtype, device=device)
+    def __init__(self, model: str = "facebook/sam2.1-hiera-large", *, dtype: str = "bfloat16",
+                 checkpoint_dir: str | None = None, multimask_output: bool = False, image: str = "image",
+                 boxes: str = "boxes", masks: str = "masks", mask_scores: str = "mask_scores", **common):
+        super().__init__(model, dtype=dtype, **common)
         import torch
         from sam2.build_sam import build_sam2
         from sam2.sam2_image_predictor import SAM2ImagePredictor
@@ -157,58 +144,3 @@ class Segmentation(Worker):
                             self.out["mask_scores"]: s[np.arange(n), best].astype(np.float32)})
             k += 1
         return results
-
-
-def build_tiny(directory, seed: int = 0) -> Path:
-    """SAM 2.1 hiera-t with reduced widths and depth (TINY_OVERRIDES) and random weights, saved
-    as build_sam2 reads a real one: the composed config yaml and a {"model": state_dict}
-    checkpoint side by side."""
-    import os
-
-    import sam2
-    import torch
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    base = OmegaConf.load(os.path.join(os.path.dirname(sam2.__file__), "configs/sam2.1/sam2.1_hiera_t.yaml"))
-    config = OmegaConf.merge(base, OmegaConf.create(TINY_OVERRIDES))
-    OmegaConf.save(config, directory / TINY_CONFIG)
-    torch.manual_seed(seed)
-    model = instantiate(config.model, _recursive_=True)
-    torch.save({"model": model.state_dict()}, directory / TINY_CHECKPOINT)
-    return directory
-
-
-# SAM 2.1 hiera-l, the `facebook/sam2.1-hiera-large` of the GPU configs: the sam2 package's own
-# config and checkpoint file name, so resolve() pairs them as it does for a downloaded checkpoint.
-FULL_CONFIG, FULL_CHECKPOINT = "configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"
-
-
-def full_model():
-    """SAM 2.1 hiera-l from the package's config, random weights (224.4M parameters)."""
-    import os
-
-    import sam2
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.load(os.path.join(os.path.dirname(sam2.__file__), FULL_CONFIG))
-    return instantiate(config.model, _recursive_=True)
-
-
-def build_full(directory, seed: int = 0, device: str | None = None) -> Path:
-    """SAM 2.1 hiera-l with random weights, saved as the official checkpoint file name alone (no
-    yaml): the worker loads it with the package's sam2.1_hiera_l.yaml through build_sam2. Float32
-    weights, as the real checkpoint; the worker adds bf16 autocast."""
-    import torch
-
-    from workers.tiny import random_init
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with random_init(seed, device, dtype="float32"):
-        model = full_model()
-    torch.save({"model": model.state_dict()}, directory / FULL_CHECKPOINT)
-    return directory

@@ -1,0 +1,131 @@
+"""`subjectforge run|plan|manifest|validate|report`."""
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+from pathlib import Path
+
+PIPELINES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+def cmd_run(args, rest) -> int:
+    """Same as `python pipelines/<name>.py ...` (the pipelines are run as scripts, so this module
+    does not import them)."""
+    script = PIPELINES_DIR / f"{args.pipeline}.py"
+    if not script.exists():
+        known = sorted(p.stem for p in PIPELINES_DIR.glob("*.py") if not p.stem.startswith("_"))
+        print(f"unknown pipeline {args.pipeline!r}; known: {known}", file=sys.stderr)
+        return 2
+    sys.argv = [str(script)] + rest
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def cmd_plan(args, rest) -> int:
+    """The DAG of a pipeline for a config, without running it: each step with its kind and
+    resources, the columns it reads and writes, the rejects it can produce. Exit 2 with one line
+    on a miswired plan or an invalid config."""
+    import importlib
+
+    from pydantic import ValidationError
+
+    from runtime.config import load_config
+    from runtime.plan import PlanError
+
+    if not (PIPELINES_DIR / f"{args.pipeline}.py").exists() or args.pipeline == "train":
+        known = sorted(p.stem for p in PIPELINES_DIR.glob("*.py") if not p.stem.startswith("_") and p.stem != "train")
+        print(f"unknown pipeline {args.pipeline!r}; known: {known}", file=sys.stderr)
+        return 2
+    pipeline = importlib.import_module(f"pipelines.{args.pipeline}").PIPELINE
+    try:
+        cfg = load_config(pipeline.config, args.config, args.overrides)
+        plans = [p.check() for p in pipeline.plans(cfg, None)]
+    except FileNotFoundError as e:
+        print(f"subjectforge plan: {e.filename or e}: no such file", file=sys.stderr)
+        return 2
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        print(f"subjectforge plan: config {where}: {first['msg']} ({e.error_count()} error(s))", file=sys.stderr)
+        return 2
+    except (PlanError, ValueError) as e:
+        print(f"subjectforge plan: {e}", file=sys.stderr)
+        return 2
+    print("\n\n".join(p.describe() for p in plans))
+    return 0
+
+
+def cmd_manifest(args, rest) -> int:
+    import pandas as pd
+
+    from schemas.reader import load_manifest, load_rejects
+    from schemas.store import DatasetDir
+
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_columns", 20)
+    out = DatasetDir.open(args.dir)
+    df = load_manifest(args.dir)
+    rejects = load_rejects(args.dir)
+    print(f"{out.dataset}: {len(df)} samples in {df['shard'].nunique() if len(df) else 0} shards, {len(rejects)} rejects")
+    numeric = df.select_dtypes("number")
+    if len(df) and not numeric.empty:
+        print("\nscores and counts:")
+        print(numeric.describe().T[["count", "mean", "std", "min", "50%", "max"]].to_string())
+    for col in ("category", "split", "generation_mode"):
+        if col in df and len(df):
+            print(f"\nby {col}:\n{df[col].value_counts().to_string()}")
+    if len(rejects):
+        print("\nrejects by stage and reason:")
+        print(rejects.groupby(["stage", "reason"]).size().rename("count").to_string())
+    return 0
+
+
+def cmd_validate(args, rest) -> int:
+    from schemas.validation import validate
+
+    report = validate(args.dir)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def cmd_report(args, rest) -> int:
+    from report import build_report
+
+    r = build_report(args.dir, args.out, query=args.query, samples=args.samples, per_page=args.per_page,
+                     seed=args.seed)
+    problems = f"; {r['problems']} with problems (shown on their cards)" if r["problems"] else ""
+    print(f"{r['samples']} samples on {len(r['pages'])} pages{problems}\nopen {r['pages'][0]}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="subjectforge", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a pipeline: subjectforge run dip --config ... --out ...")
+    r.add_argument("pipeline")
+    pl = sub.add_parser("plan", help="print a pipeline's DAG for a config without running it")
+    pl.add_argument("pipeline")
+    pl.add_argument("--config", required=True)
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE")
+    m = sub.add_parser("manifest", help="counts, score summaries and rejects of OUT/<dataset>")
+    m.add_argument("dir")
+    v = sub.add_parser("validate", help="check OUT/<dataset> against its schema; non-zero exit on problems")
+    v.add_argument("dir")
+    rp = sub.add_parser("report", help="static HTML page(s) of OUT/<dataset>: samples with their pictures, "
+                                       "rejects, score histograms, stage throughput")
+    rp.add_argument("dir")
+    rp.add_argument("--out", help="report folder (default: <dir>/report for a local dataset)")
+    rp.add_argument("--query", help="manifest filter, pandas DataFrame.query syntax: \"category == 'animal'\"")
+    rp.add_argument("--samples", type=int, default=240, help="at most this many samples (a seeded draw)")
+    rp.add_argument("--per-page", type=int, default=24)
+    rp.add_argument("--seed", type=int, default=0)
+    args, rest = p.parse_known_args(argv)
+    if args.cmd != "run" and rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    return {"run": cmd_run, "plan": cmd_plan, "manifest": cmd_manifest, "validate": cmd_validate,
+            "report": cmd_report}[args.cmd](args, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

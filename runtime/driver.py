@@ -1,0 +1,119 @@
+"""The driver of a run, the same for every pipeline script: arguments and config, the plan checked
+before Ray starts, Ray, the plan applied to the source, the write and the run summary.
+
+A pipeline module gives `Pipeline(name, config class, plans, source)`; `run(pipeline, argv)` is its
+main. MultiID (two output datasets whose second plan needs the first's bank) drives its plans
+with the same pieces: `parse_args`, `start_ray`, `Plan.apply`, `write`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from runtime.config import PipelineConfig, load_config
+
+
+@dataclass
+class Pipeline:
+    """What `run` and `subjectforge plan` need of a pipeline script.
+
+    plans(cfg, workers) -> [Plan]: the DAGs, one per output dataset, built and checked without Ray;
+    source(cfg, plan) -> a Ray Dataset with the plan's source columns; prepare(cfg): builds what the
+    config points at before Ray starts (the tiny profile's random-weight models)."""
+
+    description: str
+    config: type[PipelineConfig]
+    plans: Callable
+    source: Callable | None = None
+    prepare: Callable | None = None
+
+
+def parse_args(description: str, config_cls: type[PipelineConfig], argv=None):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", required=True, help="YAML config (configs/<pipeline>.<profile>.yaml)")
+    p.add_argument("--out", required=True, help="output root: local path or URI (s3://bucket/prefix)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
+                   help="override a config field, repeatable")
+    args = p.parse_args(argv)
+    cfg = load_config(config_cls, args.config, args.overrides)
+    return cfg, args.out
+
+
+def dataset_uri(out: str, dataset: str) -> str:
+    return out.rstrip("/") + "/" + dataset
+
+
+def start_ray(cfg: PipelineConfig) -> None:
+    """Join the cluster of `ray job submit` (RAY_ADDRESS) or cfg.ray.address; else start Ray
+    in-process on this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    progress_bars()
+
+
+def progress_bars(stream=None) -> bool:
+    """Ray Data's per-operator progress bars when a person watches (stderr is a terminal); off in
+    logs and `ray job logs`, where they are thousands of redrawn lines."""
+    import ray
+
+    on = (stream or sys.stderr).isatty()
+    ray.data.DataContext.get_current().enable_progress_bars = on
+    return on
+
+
+def write(ds, out: str, plan, cfg: PipelineConfig, run_id: str | None = None, summary: bool = True) -> dict:
+    """Write `ds` as the plan's dataset; a run that writes in passes gives each the same run_id
+    (one record in dataset.json) and prints the summary after the last (summary=False before)."""
+    from schemas.writer import ShardDatasink
+
+    schema = plan.schema
+    sink = ShardDatasink(dataset_uri(out, schema.name), schema, target_bytes=cfg.write.target_shard_bytes,
+                         target_samples=cfg.write.target_shard_samples, config=cfg.model_dump(),
+                         stages=plan.stage_names, run_id=run_id)
+    ds.write_datasink(sink)
+    info = sink.summary or sink.write_info([])
+    if summary:
+        print_summary(info, dataset_uri(out, schema.name))
+    return info
+
+
+def run(pipeline: Pipeline, argv=None, workers: dict | None = None) -> dict:
+    """The main of a one-dataset pipeline script: config from the command line, the plan built and
+    checked (a miswired column stops here, before Ray or any model), `prepare`, Ray, the plan on
+    the source, the write and its summary."""
+    cfg, out = parse_args(pipeline.description, pipeline.config, argv)
+    (plan,) = [p.check() for p in pipeline.plans(cfg, workers)]
+    if pipeline.prepare is not None:
+        pipeline.prepare(cfg)
+    start_ray(cfg)
+    ds = plan.apply(pipeline.source(cfg, plan), out)
+    return write(ds, out, plan, cfg)
+
+
+def print_summary(info: dict, where: str, file=None) -> None:
+    """The latest run's per-stage table, as stored in dataset.json. `seconds` is the stage's work
+    summed over its tasks and actors (not wall clock: stages overlap when streaming), and rows/s is
+    rows in over those seconds, i.e. one worker's rate."""
+    run = info["runs"][-1]
+    rate = f", {run['samples_per_second']:.2f} samples/s" if run.get("samples_per_second") else ""
+    print(f"\n{info['dataset']}: {run['samples_written']} samples in {len(run['shards_written'])} new shards "
+          f"({run['wall_seconds']:.1f} s wall{rate}); dataset now {info['counts']['samples']} samples, "
+          f"{info['counts']['shards']} shards, {info['counts']['rejects']} rejects", file=file)
+    print(f"{'stage':<20}{'in':>8}{'out':>8}{'rejected':>10}{'seconds':>10}{'rows/s':>10}  reasons", file=file)
+    for s in run["stages"]:
+        rps = "-" if s["rows_per_second"] is None else f"{s['rows_per_second']:.1f}"
+        print(f"{s['stage']:<20}{s['rows_in']:>8}{s['rows_out']:>8}{sum(s['rejected'].values()):>10}"
+              f"{s['seconds']:>10.2f}{rps:>10}  {json.dumps(s['rejected']) if s['rejected'] else ''}", file=file)
+    print(f"shards:    {where}/shards\nmanifests: {where}/manifest\nrejects:   {where}/rejects\n"
+          f"info:      {where}/dataset.json\nreport:    subjectforge report {where}", file=file)

@@ -1,4 +1,0 @@
-"""The visual QA report of a dataset directory (`subjectforge report`)."""
-from schemas.report.build import build_report
-
-__all__ = ["build_report"]

@@ -1,0 +1,190 @@
+"""runtime.plan: declared columns checked before anything runs, temporary columns dropped after
+their last reader, undeclared writes and programming errors failing loudly, `subjectforge plan`."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from functools import partial
+
+import pyarrow as pa
+import pytest
+
+from configs import DIPConfig, SyntheticConfig
+from runtime.config import load_config
+from runtime.plan import Plan, PlanError, step
+from runtime.rows import Reject, UndeclaredColumn, batch_of, run_step
+from schemas.contract import DatasetSchema, Member
+from schemas.registry import get_schema
+from tests.conftest import ROOT
+
+PIPELINES = ("dip", "multiid", "uper", "iapo", "synthetic")
+
+
+@step(reads=("a",), writes=("b", "scratch"), rejects=("negative",))
+def double(row):
+    if row["a"] < 0:
+        raise Reject("negative", str(row["a"]))
+    return dict(row, b=2 * row["a"], scratch="x")
+
+
+@step(reads=("b", "scratch"), writes=("c",))
+def plus_one(row):
+    return dict(row, c=row["b"] + 1)
+
+
+@step(reads=("a",), writes=("b",))
+def sneaky(row):
+    return dict(row, b=1, unlisted=2)
+
+
+@step(reads=("a",))
+def buggy(row):
+    return row["no_such_column"]
+
+
+# a dataset whose samples are only their json member and one manifest column
+JSON_ONLY = DatasetSchema("t", 1, (Member("json", "json", "json"),), (pa.field("prompt", pa.string()),))
+
+
+def tiny_plan(*steps_) -> Plan:
+    """A plan whose source has `a`, a manifest column `prompt` and a column nobody reads."""
+    p = Plan("t", SyntheticConfig(), {}, JSON_ONLY, source=("a", "unread", "prompt"))
+    for name, fn in steps_:
+        p.cpu(name, fn)
+    return p
+
+
+def test_columns_are_checked_and_temporaries_dropped_after_their_last_reader():
+    p = tiny_plan(("double", double), ("plus_one", plus_one)).check()
+    drops = {s.name: s.drop for s in p.steps}
+    # `unread` and `a` go after the first step (nothing later reads them), `b` / `scratch` after their
+    # reader; `prompt` is a manifest column of the schema: it stays to the end
+    assert set(drops["double"]) == {"a", "unread"} and set(drops["plus_one"]) == {"b", "scratch", "c"}
+    rows = [{"key": "k1", "input": "i1", "a": 1, "unread": 0, "prompt": "p"},
+            {"key": "k2", "input": "i2", "a": -1, "unread": 0, "prompt": "p"}]
+    out = {r["key"]: r for r in p.run_local(rows)}
+    assert out["k1"]["prompt"] == "p" and not {"a", "b", "scratch", "c", "unread"} & set(out["k1"])
+    assert out["k2"]["reject_stage"] == "double" and out["k2"]["reject_reason"] == "negative"
+    assert out["k1"]["time_double"] >= 0 and out["k1"]["time_plus_one"] >= 0
+
+
+def test_a_read_no_step_writes_is_an_error_naming_step_and_column():
+    with pytest.raises(PlanError, match=r"step 'plus_one' reads column 'b'"):
+        tiny_plan(("plus_one", plus_one)).check()
+    with pytest.raises(PlanError, match=r"no gather step before it provides"):
+        p = tiny_plan(("double", double))
+        p.cpu("uses", plus_one, needs=("centers",))
+        p.check()
+    with pytest.raises(PlanError, match="requires member 'ref_clean'"):  # the uper schema's member
+        Plan("t", SyntheticConfig(), {}, get_schema("uper"), source=("a",)).check()
+
+
+def test_undeclared_write_and_programming_errors_fail_instead_of_rejecting():
+    batch = batch_of([{"key": "k", "input": "i", "a": 1}])
+    with pytest.raises(UndeclaredColumn, match=r"step 'sneaky' wrote column\(s\) \['unlisted'\]"):
+        run_step("sneaky", batch, lambda rows: [sneaky(r) for r in rows], ("b",))
+    with pytest.raises(KeyError, match="no_such_column"):
+        tiny_plan(("buggy", buggy)).run_local([{"key": "k", "input": "i", "a": 1}])
+    # data errors stay rejects: a ValueError from a value that cannot be read
+    @step(reads=("a",))
+    def unreadable(row):
+        return dict(row, a=int("not a number"))
+
+    (out,) = tiny_plan(("unreadable", unreadable)).run_local([{"key": "k", "input": "i", "a": 1}])
+    assert out["reject_reason"] == "bad_data" and "ValueError" in out["reject_detail"]
+
+
+def test_a_bug_in_a_ray_stage_fails_the_run_with_its_traceback(ray_local):
+    ds = ray_local.data.from_items([{"key": f"k{i}", "input": "i", "a": i} for i in range(20)])
+    p = tiny_plan(("buggy", buggy))
+    with pytest.raises(Exception, match="no_such_column") as e:
+        p.apply(ds, "/nonexistent-out", log=lambda *a: None).take_all()
+    assert "KeyError" in str(e.value) or isinstance(e.value, KeyError)
+
+
+def miswired_dip(monkeypatch):
+    """The DIP plan with its negative check reading `loser`, a column no step writes."""
+    from pipelines import dip
+
+    model = Plan.model
+
+    def wrong(self, name, role, **kwargs):
+        if name == "negative_check":
+            kwargs["images"] = ["ref", "loser"]
+        model(self, name, role, **kwargs)
+
+    monkeypatch.setattr(Plan, "model", wrong)
+    return dip
+
+
+def test_a_miswired_dip_plan_fails_before_ray_or_any_model(monkeypatch, tmp_path):
+    from runtime import driver
+
+    dip = miswired_dip(monkeypatch)
+    started = []
+    monkeypatch.setattr(driver, "start_ray", lambda cfg: started.append("ray"))
+    monkeypatch.setattr(dip.PIPELINE, "prepare", lambda cfg: started.append("models"))
+    with pytest.raises(PlanError) as e:
+        dip.main(["--config", str(ROOT / "configs/dip.tiny.yaml"), "--out", str(tmp_path)])
+    assert "'negative_check'" in str(e.value) and "'loser'" in str(e.value)
+    assert started == [] and not (tmp_path / "dip").exists()
+
+
+def test_every_model_step_declares_its_worker_columns():
+    from pipelines import dip
+
+    cfg = load_config(DIPConfig, ROOT / "configs/dip.gpu.yaml")
+    steps = {s.name: s for s in dip.plan(cfg).check().steps}
+    assert steps["inpaint"].reads == ("win", "mask", "inpaint_prompt", "seed")
+    assert steps["inpaint"].writes == ("lose", "inpaint_mask")
+    assert steps["generate"].writes == ("ref", "win") and steps["positive_check"].reads == ("ref", "win", "rubric_prompts")
+    with pytest.raises(PlanError, match="takes no argument"):
+        dip.plan(cfg).model("x", "vlm", image_column="ref")
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_subjectforge_plan_prints_every_step(pipeline):
+    out = subprocess.run([sys.executable, "-m", "runtime.cli", "plan", pipeline, "--config",
+                          str(ROOT / f"configs/{pipeline}.tiny.yaml")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    module = __import__(f"pipelines.{pipeline}", fromlist=["PIPELINE"])
+    cfg = load_config(module.PIPELINE.config, ROOT / f"configs/{pipeline}.tiny.yaml")
+    for plan in module.PIPELINE.plans(cfg, None):
+        for i, s in enumerate(plan.check().steps, 1):
+            assert f"{i:>2}. {s.name} " in out.stdout
+            if s.reads:
+                assert "reads    " + ", ".join(s.reads) in out.stdout
+            if s.writes:
+                assert "writes   " + ", ".join(s.writes) in out.stdout
+
+
+def test_subjectforge_plan_usage_errors_exit_2_with_one_line(tmp_path):
+    def plan(*args):
+        return subprocess.run([sys.executable, "-m", "runtime.cli", "plan", *args], capture_output=True, text=True,
+                              cwd=ROOT)
+
+    for args, words in ((["dip", "--config", str(tmp_path / "none.yaml")], "no such file"),
+                        (["dip", "--config", "configs/dip.tiny.yaml", "--set", "no_such_field=1"], "no_such_field"),
+                        (["nope", "--config", "configs/dip.tiny.yaml"], "unknown pipeline")):
+        out = plan(*args)
+        assert out.returncode == 2 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_batch_steps_take_gathered_values_and_reject_per_row():
+    @step(reads=("a",), writes=("scaled",))
+    def scale(rows, factor):
+        return [Reject("zero", "") if r["a"] == 0 else dict(r, scaled=r["a"] * factor) for r in rows]
+
+    p = Plan("t", SyntheticConfig(), {}, JSON_ONLY, source=("a",))
+    p.gather("total", lambda rows: {"factor": sum(r["a"] for r in rows)}, reads=("a",), provides=("factor",))
+    p.batch("scale", scale, needs=("factor",))
+    with pytest.raises(PlanError, match="declares no columns"):  # every stage function declares them
+        p.cpu("keep", partial(lambda row: row))
+    seen = {}
+    p.gather("see", lambda rows: {"seen": seen.update({r["key"]: r["scaled"] for r in rows})},
+             reads=("key", "scaled"), provides=("seen",))
+    p.cpu("done", step()(lambda row: row))
+    out = {r["key"]: r for r in p.check().run_local([{"key": f"k{a}", "input": "", "a": a} for a in (0, 1, 2)])}
+    assert seen == {"k1": 3, "k2": 6}  # factor = 0 + 1 + 2, gathered before the batch step ran; k0 rejected
+    assert out["k0"]["reject_reason"] == "zero" and out["k2"]["time_scale"] >= 0
+    assert "scaled" not in out["k1"]  # a temporary: dropped after its last reader
