@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from dip_doubles import DOUBLES, NV_EXEMPT, NV_NOT_EXEMPT
+from tests.dip_doubles import DOUBLES, NV_EXEMPT, NV_NOT_EXEMPT
 from tests.helpers import tar_members
 
 SCRIPTED = ["model: scripted", "dtype: float32", "batch_size: 4", "num_cpus: 0.25"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dip_doubles import DOUBLES, ScriptedVLM
+from tests.dip_doubles import DOUBLES, ScriptedVLM
 from tests.conftest import ROOT, tiny_config
 from tests.helpers import kill_group, wait_for
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from iapo_doubles import BRIGHT, DARK, DOUBLES, pair_images
+from tests.iapo_doubles import BRIGHT, DARK, DOUBLES, pair_images
 from tests.helpers import jpeg, tar_members
 
 SCRIPTED = {"model": "scripted", "dtype": "float32", "batch_size": 4, "num_cpus": 0.25}

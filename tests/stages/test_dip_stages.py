@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, assets_or_skip
+from tests.conftest import ROOT, assets_or_skip
 from PIL import Image
 
 from runtime.rows import Reject
