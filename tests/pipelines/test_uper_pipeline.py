@@ -182,7 +182,7 @@ def test_diptychs_in_the_subjects200k_layout(ray_local, tmp_path):
     from pipelines import uper
     from schemas import load_manifest, load_rejects, validate
     from stages.uper import photo_pairs
-    from tests.test_uper_stages import subjects200k_composite
+    from tests.stages.test_uper_stages import subjects200k_composite
 
     pairs = photo_pairs(assets_or_skip() / "images/dreambench", 1)[:2]
     halves = [(load_image(p["ref_src"], 512), load_image(p["target_src"], 512)) for p in pairs]
