@@ -2,6 +2,8 @@
 defaults (the description cites where); `output_fields()` lists what enters a sample's key."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from runtime.config import ModelSpec, PipelineConfig
@@ -10,19 +12,19 @@ from runtime.config import ModelSpec, PipelineConfig
 class DIPConfig(PipelineConfig):
     """FocusDPO (seed 000) section 4.1 and appendix B."""
 
-    source: str = "generate"  # generate (FLUX from the catalog) | prompts (a .parquet/.jsonl file) | photos
+    source: Literal["generate", "prompts", "photos"] = "generate"  # generate (FLUX from the catalog) | prompts (a .parquet/.jsonl file) | photos
     catalog: str = "configs/catalogs/dip_subjects.yaml"
     prompts_file: str | None = None
     photos_root: str = "../shared/assets/images/dreambench"
     photo_max_side: int = 512
     n_single: int = 5000  # sec. 4.1: 5,000 single-subject prompts
     n_multi: int = 5000  # and 5,000 multi-subject prompts
-    generation_mode: str = "diptych"  # diptych | independent
+    generation_mode: Literal["diptych", "independent"] = "diptych"
     steps: int = 28
     guidance: float = 3.5
     image_size: int = 1024
-    segmenter: str = "grounded_sam2"  # grounded_sam2 | salient (background removal alpha, single subject)
-    inpainter: str = "flux_fill"  # flux_fill | opencv (Telea)
+    segmenter: Literal["grounded_sam2", "salient"] = "grounded_sam2"  # salient: the background-removal alpha, one subject
+    inpainter: Literal["flux_fill", "opencv"] = "flux_fill"  # opencv: Telea
     qa: bool = Field(True, description="False: rubric / encoder gates recorded but not applied (qa=disabled)")
     rubric_positive_min: int = Field(9, description="app. B: positive pairs score >= 9 of 10")
     rubric_negative_max: int = Field(6, description="app. B: negative pairs score <= 6 of 10")
@@ -45,6 +47,10 @@ class DIPConfig(PipelineConfig):
     vlm: ModelSpec = ModelSpec(model="Qwen/Qwen2.5-VL-7B-Instruct")
     image_encoder: ModelSpec = ModelSpec(model="facebook/dinov2-base")
     background_removal: ModelSpec = ModelSpec(model="u2netp", dtype="float32")
+
+    def input_paths(self) -> dict:
+        return {"photos": {"photos_root": self.photos_root}, "prompts": {"prompts_file": self.prompts_file},
+                "generate": {"catalog": self.catalog}}[self.source]
 
     def output_fields(self) -> dict:
         fields = self.model_dump(include={

@@ -2,6 +2,8 @@
 defaults (the description cites where); `output_fields()` lists what enters a sample's key."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from runtime.config import ModelSpec, PipelineConfig
@@ -10,7 +12,7 @@ from runtime.config import ModelSpec, PipelineConfig
 class IAPOConfig(PipelineConfig):
     """IAPO supplementary (seed 003): Fig. II prompts, eq. 1 weights."""
 
-    source: str = "pairs"  # pairs (Pick-a-Pic v2 layout Parquet) | photos (DreamBench pairs) | dip (a DIP output dir)
+    source: Literal["pairs", "photos", "dip"] = "pairs"  # pairs (Pick-a-Pic v2 layout Parquet) | photos (DreamBench pairs) | dip (a DIP output dir)
     pairs: str | None = None  # source pairs: Parquet file(s) with caption, jpg_0, jpg_1, label_0, label_1
     dip_dir: str | None = None  # source dip: OUT/dip of pipelines/dip.py (x_w preferred over x_l)
     photos_root: str = "../shared/assets/images/dreambench"
@@ -29,6 +31,10 @@ class IAPOConfig(PipelineConfig):
     vlm_max_new_tokens: int = 128
     vlm: ModelSpec = ModelSpec(model="Qwen/Qwen2.5-VL-7B-Instruct")
     grounding: ModelSpec = ModelSpec(model="IDEA-Research/grounding-dino-base", dtype="float32")
+
+    def input_paths(self) -> dict:
+        return {"pairs": {"pairs": self.pairs}, "photos": {"photos_root": self.photos_root},
+                "dip": {"dip_dir": self.dip_dir}}[self.source]
 
     @field_validator("weight_grid")
     @classmethod

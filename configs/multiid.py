@@ -36,6 +36,9 @@ class MultiIDConfig(PipelineConfig):
     face_analysis: ModelSpec = ModelSpec(model="buffalo_l", dtype="float32")
     vlm: ModelSpec = ModelSpec(model="Qwen/Qwen2.5-VL-7B-Instruct")
 
+    def input_paths(self) -> dict:
+        return {"singles": self.singles, "groups": self.groups}
+
     def output_fields(self) -> dict:
         return self.model_dump(include={"seed", "dbscan_eps", "dbscan_min_samples", "min_references", "max_side",
                                         "retrieval_threshold_low", "retrieval_threshold_high"}) | {

@@ -1,11 +1,13 @@
 """The typed config of the synthetic pipeline: random samples of any dataset schema."""
 from __future__ import annotations
 
+from typing import Literal
+
 from runtime.config import PipelineConfig
 
 
 class SyntheticConfig(PipelineConfig):
-    dataset: str = "dip"
+    dataset: Literal["dip", "multiid", "multiid_refs", "uper", "iapo"] = "dip"
     samples: int = 64
     image_size: int = 128
     batch_size: int = 8

@@ -2,6 +2,8 @@
 defaults (the description cites where); `output_fields()` lists what enters a sample's key."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from runtime.config import PipelineConfig
@@ -14,7 +16,7 @@ class TrainConfig(PipelineConfig):
     model: str = "black-forest-labs/FLUX.1-dev"  # a FluxPipeline id or directory
     data: str = "out/dip"  # OUT/<dataset>: dip | iapo | uper | multiid
     manifest_query: str | None = None  # pandas query on the manifest, e.g. "category == 'human'"
-    objective: str = "focus_dpo"  # sft | dpo | focus_dpo | iapo | id | refl
+    objective: Literal["sft", "dpo", "focus_dpo", "iapo", "id", "refl"] = "focus_dpo"
     resolution: int = 512  # square crops, a multiple of 16
     batch_size: int = 4
     steps: int = 1000
@@ -44,6 +46,9 @@ class TrainConfig(PipelineConfig):
     checkpoint_every: int = 0  # 0: only at the end
     workers: int = 1  # > 1: Ray Train TorchTrainer, one worker per GPU
     use_gpu: bool = False
+
+    def input_paths(self) -> dict:
+        return {"data": self.data}
 
     @field_validator("resolution")
     @classmethod

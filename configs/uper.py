@@ -2,6 +2,8 @@
 defaults (the description cites where); `output_fields()` lists what enters a sample's key."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from runtime.config import ModelSpec, PipelineConfig
@@ -10,7 +12,7 @@ from runtime.config import ModelSpec, PipelineConfig
 class UPERConfig(PipelineConfig):
     """UPER (seed 001) section 3.2.1 / appendix B.4 (data) and 3.1.3 / B.1 (R_sub)."""
 
-    source: str = "photos"  # photos (a folder per subject) | pairs (a list) | diptych (Subjects200K) | dip
+    source: Literal["photos", "pairs", "diptych", "dip"] = "photos"  # photos (a folder per subject) | pairs (a list) | diptych (Subjects200K) | dip
     photos_root: str = "../shared/assets/images/dreambench"
     pairs_per_subject: int = 2
     # source pairs: a .parquet / .jsonl / .csv with ref, target (paths, bytes or {"bytes", "path"}),
@@ -39,6 +41,10 @@ class UPERConfig(PipelineConfig):
     background_removal: ModelSpec = ModelSpec(model="bria-rmbg", dtype="float32")
     vlm: ModelSpec = ModelSpec(model="Qwen/Qwen2.5-VL-7B-Instruct")
     image_encoder: ModelSpec = ModelSpec(model="facebook/dinov2-base")
+
+    def input_paths(self) -> dict:
+        return {"photos": {"photos_root": self.photos_root}, "pairs": {"pairs": self.pairs},
+                "diptych": {"pairs": self.pairs}, "dip": {"dip_dir": self.dip_dir}}[self.source]
 
     def output_fields(self) -> dict:
         return self.model_dump(include={

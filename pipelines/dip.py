@@ -71,7 +71,7 @@ def plan(cfg: DIPConfig, workers: dict | None = None) -> Plan:
     steps.resume()
     cpu("check_subjects", dip.check_subjects)
     if cfg.source == "photos":
-        cpu("load", partial(dip.load_photos, max_side=cfg.photo_max_side))
+        cpu("load", partial(dip.load_photos, max_side=cfg.photo_max_side, max_bytes=cfg.max_input_bytes))
     elif cfg.generation_mode == "diptych":
         model("generate", "text_to_image", mode="diptych", prompt="diptych_prompt", left="ref", right="win", **gen)
     else:

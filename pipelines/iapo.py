@@ -33,8 +33,7 @@ from workers.vlm import VLM
 
 WORKERS = {"vlm": VLM, "grounding": Grounding}
 DIP_MEMBERS = ["win.jpg", "lose.jpg", "json.json"]
-PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
-SOURCES = {"pairs": PAIR_COLUMNS, "photos": PAIR_COLUMNS, "dip": ("__key__",) + tuple(DIP_MEMBERS)}
+SOURCES = {"pairs": iapo.PAIR_COLUMNS, "photos": iapo.PAIR_COLUMNS, "dip": ("__key__",) + tuple(DIP_MEMBERS)}
 
 
 def source(cfg: IAPOConfig, plan: Plan | None = None) -> ray.data.Dataset:
@@ -45,12 +44,8 @@ def source(cfg: IAPOConfig, plan: Plan | None = None) -> ray.data.Dataset:
         rows = iapo.photo_pairs(cfg.photos_root, cfg.pairs_per_subject, cfg.seed)[: cfg.max_pairs]
         return dataset_of(rows)
     if cfg.source == "pairs":
-        if not cfg.pairs:
-            raise ValueError("source: pairs needs `pairs` (a Parquet file or directory)")
         ds = ray.data.read_parquet(cfg.pairs)
     else:
-        if not cfg.dip_dir:
-            raise ValueError("source: dip needs `dip_dir` (OUT/dip of pipelines/dip.py)")
         fs, paths = resolve_shards(cfg.dip_dir)
         ds = ray.data.read_webdataset(paths, filesystem=fs, decoder=None, suffixes=DIP_MEMBERS)
     return ds.limit(cfg.max_pairs) if cfg.max_pairs is not None else ds
@@ -58,8 +53,6 @@ def source(cfg: IAPOConfig, plan: Plan | None = None) -> ray.data.Dataset:
 
 def plan(cfg: IAPOConfig, workers: dict | None = None) -> Plan:
     """The stages in order; `workers` replaces a role's class (tests script the VLM and grounding)."""
-    if cfg.source not in SOURCES:
-        raise ValueError(f"unknown source {cfg.source!r}: pairs | photos | dip")
     steps = Plan("iapo", cfg, dict(WORKERS, **(workers or {})), SCHEMA, source=SOURCES[cfg.source])
     cpu, model = steps.cpu, steps.model
     if cfg.source == "dip":
@@ -68,7 +61,7 @@ def plan(cfg: IAPOConfig, workers: dict | None = None) -> Plan:
     steps.resume()
 
     cpu("label", iapo.global_label)  # ties before any image is opened
-    cpu("load", partial(iapo.load_pair, max_side=cfg.max_side))
+    cpu("load", partial(iapo.load_pair, max_side=cfg.max_side, max_bytes=cfg.max_input_bytes))
     cpu("planner_query", iapo.planner_query)
     model("planner", "vlm", images=["image_0", "image_1"], prompt="planner_prompt", output="planner_answer",
           max_new_tokens=cfg.vlm_max_new_tokens)

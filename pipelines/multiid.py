@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from builders import ensure_for
 from configs.multiid import MultiIDConfig
-from runtime.driver import Pipeline, dataset_uri, parse_args, start_ray, write
+from runtime.driver import Pipeline, dataset_uri, leased, parse_args, start_ray, stop_on_failed_stage, write
 from runtime.plan import Plan
 from runtime.rows import dataset_of
 from schemas.multiid import REFS_SCHEMA, SCHEMA
@@ -54,7 +54,7 @@ def source(cfg: MultiIDConfig, plan: Plan):
 
 def faces(steps: Plan, cfg: MultiIDConfig) -> None:
     steps.cpu("load", partial(mid.load, max_side=cfg.max_side, max_pixels=cfg.max_image_pixels,
-                              min_side=cfg.min_input_side))
+                              min_side=cfg.min_input_side, max_bytes=cfg.max_input_bytes))
     steps.model("faces", "face_analysis", image="image")
 
 
@@ -174,8 +174,14 @@ def main(argv=None, workers: dict | None = None) -> dict:
     every reject), so dataset.json and the printed summary have one stage table for every photo."""
     cfg, out = parse_args(__doc__.splitlines()[0], MultiIDConfig, argv)
     bank, groups = [p.check() for p in plans(cfg, workers)]
-    ensure_for(cfg)
-    start_ray(cfg)
+    with leased(out, [bank.schema.name, groups.schema.name], cfg):
+        ensure_for(cfg)
+        start_ray(cfg)
+        with stop_on_failed_stage():
+            return run_both(cfg, out, bank, groups)
+
+
+def run_both(cfg: MultiIDConfig, out: str, bank: Plan, groups: Plan) -> dict:
     refs = bank.apply(source(cfg, bank), out)
     built = bank.gathered["bank"]
     write_bank(cfg, out, built)

@@ -42,14 +42,10 @@ def source(cfg: UPERConfig, plan: Plan | None = None) -> ray.data.Dataset:
         return dataset_of(rows)
     if cfg.source in ("pairs", "diptych"):
         return read_list(cfg.pairs)
-    if cfg.source == "dip":
-        if not cfg.dip_dir:
-            raise ValueError("source: dip needs `dip_dir` (OUT/dip of pipelines/dip.py)")
-        fs, shards = resolve_shards(cfg.dip_dir)
-        if not shards:
-            raise ValueError(f"{cfg.dip_dir}: no committed DIP shards")
-        return ray.data.read_webdataset(shards, filesystem=fs, decoder=None, include_paths=False)
-    raise ValueError(f"source must be photos, pairs, diptych or dip, not {cfg.source!r}")
+    fs, shards = resolve_shards(cfg.dip_dir)  # source: dip
+    if not shards:
+        raise ValueError(f"{cfg.dip_dir}: no committed DIP shards")
+    return ray.data.read_webdataset(shards, filesystem=fs, decoder=None, include_paths=False)
 
 
 def read_list(path: str | None) -> ray.data.Dataset:
@@ -68,8 +64,6 @@ def read_list(path: str | None) -> ray.data.Dataset:
 
 def plan(cfg: UPERConfig, workers: dict | None = None) -> Plan:
     """The stages in order; `workers` replaces a role's class (tests use doubles)."""
-    if cfg.source not in uper.INPUT_COLUMNS:
-        raise ValueError(f"source must be photos, pairs, diptych or dip, not {cfg.source!r}")
     steps = Plan("uper", cfg, dict(WORKERS, **(workers or {})), SCHEMA, source=uper.INPUT_COLUMNS[cfg.source])
     cpu, model = steps.cpu, steps.model
     vlm = dict(max_new_tokens=cfg.vlm_max_new_tokens)
@@ -77,7 +71,8 @@ def plan(cfg: UPERConfig, workers: dict | None = None) -> Plan:
     cpu("read", partial(uper.read_pair, source=cfg.source, base=base, fields=cfg.output_fields()))
     steps.resume()
     cpu("single_subject", uper.single_subject)
-    cpu("load", partial(uper.load_pair, max_side=cfg.max_side, diptych_padding=cfg.diptych_padding))
+    cpu("load", partial(uper.load_pair, max_side=cfg.max_side, diptych_padding=cfg.diptych_padding,
+                             max_bytes=cfg.max_input_bytes))
     model("remove_background", "background_removal", image="ref", prefix="ref_")
     cpu("foreground", partial(uper.foreground_gate, fg_min=cfg.fg_fraction_min, fg_max=cfg.fg_fraction_max))
     cpu("attributes_query", partial(uper.attributes_query, max_attributes=cfg.max_attributes))

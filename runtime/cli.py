@@ -28,9 +28,7 @@ def cmd_plan(args, rest) -> int:
     on a miswired plan or an invalid config."""
     import importlib
 
-    from pydantic import ValidationError
-
-    from runtime.config import load_config
+    from runtime.config import ConfigError, load_config
     from runtime.plan import PlanError
 
     if not (PIPELINES_DIR / f"{args.pipeline}.py").exists() or args.pipeline == "train":
@@ -41,15 +39,7 @@ def cmd_plan(args, rest) -> int:
     try:
         cfg = load_config(pipeline.config, args.config, args.overrides)
         plans = [p.check() for p in pipeline.plans(cfg, None)]
-    except FileNotFoundError as e:
-        print(f"subjectforge plan: {e.filename or e}: no such file", file=sys.stderr)
-        return 2
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        print(f"subjectforge plan: config {where}: {first['msg']} ({e.error_count()} error(s))", file=sys.stderr)
-        return 2
-    except (PlanError, ValueError) as e:
+    except (ConfigError, PlanError) as e:
         print(f"subjectforge plan: {e}", file=sys.stderr)
         return 2
     print("\n\n".join(p.describe() for p in plans))

@@ -8,13 +8,14 @@ with the same pieces: `parse_args`, `start_ray`, `Plan.apply`, `write`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from runtime.config import PipelineConfig, load_config
+from runtime.config import ConfigError, PipelineConfig, load_config, missing_inputs
 
 
 @dataclass
@@ -38,9 +39,24 @@ def parse_args(description: str, config_cls: type[PipelineConfig], argv=None):
     p.add_argument("--out", required=True, help="output root: local path or URI (s3://bucket/prefix)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
                    help="override a config field, repeatable")
+    p.add_argument("--force", action="store_true",
+                   help="take over the output folder's lease at once (its holder was killed)")
     args = p.parse_args(argv)
-    cfg = load_config(config_cls, args.config, args.overrides)
+    try:
+        cfg = load_config(config_cls, args.config, args.overrides + (["write.force_lease=true"] if args.force else []))
+        missing = missing_inputs(cfg)
+        if missing:
+            raise ConfigError("input " + "; ".join(missing))
+    except ConfigError as e:
+        usage_error(p.prog, e)
     return cfg, args.out
+
+
+def usage_error(prog: str, error: Exception):
+    """A user's mistake (config, --set, input path): one line on stderr, exit code 2, before Ray
+    starts; never a traceback."""
+    print(f"{prog}: {error}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def dataset_uri(out: str, dataset: str) -> str:
@@ -77,11 +93,21 @@ def write(ds, out: str, plan, cfg: PipelineConfig, run_id: str | None = None, su
     (one record in dataset.json) and prints the summary after the last (summary=False before)."""
     from schemas.writer import ShardDatasink
 
+    import ray
+
+    from schemas.writer import ErrorBudgetExceeded
+
     schema = plan.schema
     sink = ShardDatasink(dataset_uri(out, schema.name), schema, target_bytes=cfg.write.target_shard_bytes,
                          target_samples=cfg.write.target_shard_samples, config=cfg.model_dump(),
-                         stages=plan.stage_names, run_id=run_id)
-    ds.write_datasink(sink)
+                         stages=plan.stage_names, run_id=run_id, max_error_fraction=cfg.max_error_fraction)
+    try:
+        ds.write_datasink(sink)
+    except Exception as e:
+        violation = ray.get(sink.registry.failed.remote())
+        if violation:  # the write task that found it raised; say what and where, not Ray's traceback
+            raise ErrorBudgetExceeded(f"{schema.name}: {violation}") from e
+        raise
     info = sink.summary or sink.write_info([])
     if summary:
         print_summary(info, dataset_uri(out, schema.name))
@@ -94,11 +120,53 @@ def run(pipeline: Pipeline, argv=None, workers: dict | None = None) -> dict:
     the source, the write and its summary."""
     cfg, out = parse_args(pipeline.description, pipeline.config, argv)
     (plan,) = [p.check() for p in pipeline.plans(cfg, workers)]
-    if pipeline.prepare is not None:
-        pipeline.prepare(cfg)
-    start_ray(cfg)
-    ds = plan.apply(pipeline.source(cfg, plan), out)
-    return write(ds, out, plan, cfg)
+    with leased(out, [plan.schema.name], cfg):
+        if pipeline.prepare is not None:
+            pipeline.prepare(cfg)
+        start_ray(cfg)
+        with stop_on_failed_stage():
+            return write(plan.apply(pipeline.source(cfg, plan), out), out, plan, cfg)
+
+
+@contextlib.contextmanager
+def leased(out: str, datasets: list[str], cfg: PipelineConfig):
+    """Hold the lease of each dataset folder for the whole run (runtime/lease.py); a folder that
+    another live run writes stops this one at once, exit code 1, one line naming the holder."""
+    from runtime.lease import Lease, LeaseHeld
+    from schemas.store import DatasetDir
+
+    held = []
+    try:
+        for name in datasets:
+            lease = Lease(DatasetDir.open(dataset_uri(out, name), dataset=name), timeout_s=cfg.write.lease_timeout_s)
+            held.append(lease.acquire(force=cfg.write.force_lease))
+    except LeaseHeld as e:
+        for lease in held:
+            lease.release()
+        print(f"run not started: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    try:
+        yield held
+    finally:
+        for lease in held:
+            lease.release()
+        lost = [lease for lease in held if lease.lost]
+        if lost:  # someone took over with --force while this run wrote: say so, loudly
+            raise RuntimeError(f"{lost[0].out.path}: the lease was taken over by run {lost[0].lost.get('run_id')} "
+                               f"during this run; the two runs' outputs are mixed")
+
+
+@contextlib.contextmanager
+def stop_on_failed_stage():
+    """A stage over its error budget ends the run: one line naming the stage, the reason and an
+    example input, and exit code 1."""
+    from schemas.writer import ErrorBudgetExceeded
+
+    try:
+        yield
+    except ErrorBudgetExceeded as e:
+        print(f"run stopped: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def print_summary(info: dict, where: str, file=None) -> None:

@@ -342,7 +342,7 @@ def pool_args(spec, **kwargs) -> dict:
     import ray
 
     return {
-        "fn_constructor_kwargs": {"model": spec.model, "dtype": spec.dtype, **kwargs},
+        "fn_constructor_kwargs": {"model": spec.model, "dtype": spec.dtype, "retries": spec.retries, **kwargs},
         "batch_size": spec.batch_size,
         "num_gpus": spec.num_gpus or None,
         "num_cpus": spec.num_cpus,

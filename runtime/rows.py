@@ -31,11 +31,12 @@ except ImportError:  # pragma: no cover - pillow is a dependency
 
 
 class Reject(Exception):
-    """Raised inside a stage function to reject the current row with a named reason."""
+    """Raised inside a stage function to reject the current row with a named reason. `retryable`:
+    the failure was the infrastructure's, not the data's (the next run tries the row again)."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", retryable: bool = False):
         super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+        self.reason, self.detail, self.retryable = reason, detail, retryable
 
 
 class UndeclaredColumn(Exception):
@@ -114,11 +115,11 @@ def is_rejected(row: dict) -> bool:
     return bool(row.get("reject_reason"))
 
 
-def reject(row: dict, stage: str, reason: str, detail: str = "") -> dict:
+def reject(row: dict, stage: str, reason: str, detail: str = "", retryable: bool = False) -> dict:
     """Mark a row rejected. Its payload is dropped (nothing downstream needs it); key, input and
     timings stay so the reject row says what and where."""
     keep = {k: v for k, v in row.items() if k in ("key", "input") or k.startswith(TIMING_PREFIX)}
-    keep.update(zip(REJECT_COLUMNS, (stage, reason, str(detail))))
+    keep.update(zip(REJECT_COLUMNS, (stage, reason, str(detail), bool(retryable))))
     return keep
 
 
@@ -162,7 +163,7 @@ def run_step(stage: str, batch, fn: Callable[[list[dict]], list], writes: tuple[
     per_row = (time.perf_counter() - t0) / max(len(live), 1)
     for i, out in zip(live, outs):
         if isinstance(out, Reject):
-            out = reject(rows[i], stage, out.reason, out.detail)
+            out = reject(rows[i], stage, out.reason, out.detail, out.retryable)
         elif writes is not None:
             new = [c for c in out if c not in rows[i] and not _allowed(c, writes)]
             if new:

@@ -27,10 +27,13 @@ REJECT_SCHEMA = pa.schema(
         pa.field("reason", pa.string(), nullable=False),
         pa.field("detail", pa.string()),
         pa.field("input", pa.string()),  # what the user would look for: a path, URI or prompt
+        # an infrastructure failure that outlasted its retries (CUDA OOM, a dead actor): not a
+        # verdict on the data; the key is not done, and the next run tries it again
+        pa.field("retryable", pa.bool_()),
     ]
 )
-# Row columns that mark a reject instead of a sample (set by `stages.rejects.reject`).
-REJECT_COLUMNS = ("reject_stage", "reject_reason", "reject_detail")
+# Row columns that mark a reject instead of a sample (set by `runtime.rows.reject`).
+REJECT_COLUMNS = ("reject_stage", "reject_reason", "reject_detail", "reject_retryable")
 
 EXTS = ("jpg", "png", "npy", "json")
 

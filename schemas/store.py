@@ -1,20 +1,24 @@
 """Where a dataset lives: `OUT/<dataset>/{shards,manifest,rejects}/` and `dataset.json`, on a local
 disk or any pyarrow / fsspec filesystem (s3://, gs://, ...).
 
-Commit rule: a file is written under a temporary name starting with "_" (pyarrow, pandas and this
-module ignore such names) and renamed into place. A shard's tar is renamed before its manifest, so
-the manifest is the commit record: a tar without a manifest is an interrupted write, invisible to
-readers and removed by the next run.
+Commit rule: on a local disk a file is written under a temporary name starting with "_" (pyarrow,
+pandas and this module ignore such names), fsynced, and renamed into place; on an object store it
+is written to its final name directly (an object appears whole or not at all, and a rename would
+be a copy of every byte). A shard's tar is committed before its manifest, so the manifest is the
+commit record: a tar without a manifest is an interrupted write, invisible to readers and removed
+by the next run.
 """
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 import uuid
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -132,31 +136,59 @@ class DatasetDir:
         return pa.concat_tables(tables, promote_options="permissive")
 
     def read_rejects(self) -> pa.Table:
+        """Every final reject, and each retryable one whose key has no outcome since (a sample or
+        a final reject of a later run): a key is in the rejects at most once."""
         tables = [pq.read_table(p, filesystem=self.fs) for p in self.reject_files()]
         if not tables:
             return REJECT_SCHEMA.empty_table()
-        return pa.concat_tables(tables, promote_options="permissive")
+        table = pa.concat_tables(tables + [REJECT_SCHEMA.empty_table()], promote_options="permissive")
+        retryable = pc.fill_null(table["retryable"], False)
+        if not pc.any(retryable).as_py():
+            return table
+        final = table.filter(pc.invert(retryable))
+        manifests = self.read_manifests(columns=["key"])
+        decided = pa.concat_arrays([final["key"].combine_chunks().cast(pa.string())] + (
+            [manifests["key"].combine_chunks()] if manifests is not None else []))
+        pending = table.filter(retryable)
+        pending = pending.filter(pc.invert(pc.is_in(pending["key"], value_set=decided)))
+        last = {k: i for i, k in enumerate(pending["key"].to_pylist())}  # one row per pending key
+        return pa.concat_tables([final, pending.take(pa.array(sorted(last.values()), pa.int64()))])
 
     def committed_keys(self) -> set[str]:
-        """Keys already decided: written samples and rejects. Resume skips these."""
+        """Keys already decided: written samples and final rejects. Resume skips these; a
+        retryable reject is not a decision, so its key is tried again."""
         keys: set[str] = set()
         manifests = self.read_manifests(columns=["key"])
         if manifests is not None:
             keys.update(manifests.column("key").to_pylist())
-        keys.update(self.read_rejects().column("key").to_pylist())
+        rejects = self.read_rejects()
+        keys.update(rejects.filter(pc.invert(pc.fill_null(rejects["retryable"], False)))["key"].to_pylist())
         return keys
 
     def read_info(self) -> dict | None:
         return read_json(self.fs, self.sub("dataset.json"))
 
     # writing --------------------------------------------------------------------------------------
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
     def tmp_path(self, final_path: str) -> str:
+        """Where a file is written before its commit: a hidden temporary name beside it on a local
+        disk, the final name itself on an object store."""
+        if not self.local:
+            return final_path
         d, base = posixpath.split(final_path)
         return posixpath.join(d, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{base}")
 
     def commit(self, tmp: str, final: str) -> None:
-        # Local: an atomic rename. S3: copy then delete; the object appears whole or not at all.
+        """Local: the data on disk (fsync), then an atomic rename, then the directory entry on disk,
+        so a crash of the machine never leaves a committed name over missing bytes."""
+        if tmp == final:
+            return
+        _fsync(tmp)
         self.fs.move(tmp, final)
+        _fsync(posixpath.dirname(final))
 
     def write_bytes_atomic(self, final: str, data: bytes) -> None:
         tmp = self.tmp_path(final)
@@ -185,6 +217,14 @@ class DatasetDir:
                     self.fs.delete_file(i.path)
                     removed.append(i.path)
         return removed
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> dict | None:

@@ -60,7 +60,15 @@ class Report:
 
 def validate(dataset_dir: str, filesystem: pafs.FileSystem | None = None) -> Report:
     out = DatasetDir.open(dataset_dir, filesystem=filesystem)
-    schema = get_schema(out.dataset)
+    if out.read_info() is None and not out.manifest_files():
+        # nothing to check is not "OK": a typo in the path must not pass as an empty dataset
+        kind = "not_a_dataset" if out.fs.get_file_info(out.path).type == pafs.FileType.Directory else "no_dataset"
+        what = "has no dataset.json and no manifests" if kind == "not_a_dataset" else "does not exist"
+        return Report(out.dataset, out.path, problems=[Problem(kind, "-", None, f"{out.path} {what}")])
+    try:
+        schema = get_schema(out.dataset)
+    except ValueError as e:
+        return Report(out.dataset, out.path, problems=[Problem("unknown_dataset", "-", None, str(e))])
     report = Report(out.dataset, out.path, rejects=out.read_rejects().num_rows)
     declared = set(schema.manifest_schema.names)
     seen: dict[str, str] = {}

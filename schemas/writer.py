@@ -22,6 +22,7 @@ import ray
 import webdataset as wds
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from schemas.contract import (
     REJECT_SCHEMA,
@@ -37,23 +38,69 @@ DEFAULT_TARGET_BYTES = 1 << 30  # ~1 GB shards on the GPU profile
 TAR_BLOCK = 512
 
 
-@ray.remote(num_cpus=0)
+# What counts against a stage's error budget: failures, not verdicts on the data (a gate that
+# rejects half its rows is doing its job; a model that fails on half of them is not).
+ERROR_REASONS = ("model_error", "bad_data")
+
+
+class ErrorBudgetExceeded(RuntimeError):
+    """A stage failed on more than max_error_fraction of its rows: the run stops."""
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
 class ShardRegistry:
-    """One per write: hands out shard indices and lets each key be written once, even when Ray
-    retries a write task whose first attempt died after writing part of its rows."""
+    """One per write, on the driver's node: the run's bookkeeping that write tasks share.
+
+    Idempotent retries: Ray retries a write task whose process died with the same input blocks and
+    the same task index, so a task's shards are numbered by (task, group) once and for all, and a
+    key belongs to the first task that claims it (a retry re-claims its own keys; another task
+    claiming one holds a duplicate input). The error budget sums each task's last report."""
 
     def __init__(self, first_index: int):
         self.next = first_index
-        self.claimed: set[str] = set()
+        self.indices: dict[tuple[int, int], int] = {}
+        self.owner: dict[str, int] = {}
+        self.reports: dict[int, dict] = {}
+        self.violation: str | None = None
 
-    def next_index(self) -> int:
-        self.next += 1
-        return self.next - 1
+    def shard_index(self, task: int, group: int) -> int:
+        if (task, group) not in self.indices:
+            self.indices[(task, group)] = self.next
+            self.next += 1
+        return self.indices[(task, group)]
 
-    def claim(self, keys: list[str]) -> list[bool]:
-        fresh = [k not in self.claimed for k in keys]
-        self.claimed.update(keys)
-        return fresh
+    def claim(self, task: int, keys: list[str]) -> list[int | None]:
+        """Per key: None when it is this task's, else the task that holds it."""
+        out = []
+        for k in keys:
+            owner = self.owner.setdefault(k, task)
+            out.append(None if owner == task else owner)
+        return out
+
+    def report(self, task: int, rows: dict, errors: dict, max_fraction: float, min_rows: int) -> str | None:
+        """This task's rows in and failures per stage; the first stage over budget, described."""
+        self.reports[task] = {"rows": rows, "errors": errors}
+        total_rows, total_errors = Counter(), Counter()
+        for r in self.reports.values():
+            total_rows.update(r["rows"])
+            for stage, per_reason in r["errors"].items():
+                total_errors[stage] += sum(n for n, _ in per_reason.values())
+        for stage, n in total_rows.items():
+            failed = total_errors.get(stage, 0)
+            if n >= min_rows and failed > max_fraction * n and self.violation is None:
+                reasons = Counter()
+                example = {}
+                for r in self.reports.values():
+                    for reason, (count, ex) in r["errors"].get(stage, {}).items():
+                        reasons[reason] += count
+                        example.setdefault(reason, ex)
+                reason, count = reasons.most_common(1)[0]
+                self.violation = (f"stage {stage}: {failed} of {n} rows failed ({failed / n:.0%} > max_error_fraction "
+                                  f"{max_fraction:g}); most often {reason} ({count}), e.g. {example[reason]}")
+        return self.violation
+
+    def failed(self) -> str | None:
+        return self.violation
 
 
 class _ShardWriter:
@@ -105,9 +152,12 @@ class ShardDatasink(Datasink):
 
     def __init__(self, out: str, schema: DatasetSchema, *, target_bytes: int = DEFAULT_TARGET_BYTES,
                  target_samples: int | None = None, config: dict | None = None,
-                 stages: list[str] | None = None, filesystem=None, run_id: str | None = None):
+                 stages: list[str] | None = None, filesystem=None, run_id: str | None = None,
+                 max_error_fraction: float = 0.05, min_error_rows: int = 20):
         self.schema = schema
         self.run_id = run_id or uuid.uuid4().hex
+        self.sink_id = uuid.uuid4().hex[:8]  # names this write's reject files (a run may write in passes)
+        self.max_error_fraction, self.min_error_rows = max_error_fraction, min_error_rows
         self.out = DatasetDir.open(out, dataset=schema.name, filesystem=filesystem)
         self.target_bytes = target_bytes
         self.target_samples = target_samples
@@ -119,7 +169,9 @@ class ShardDatasink(Datasink):
         # number new shards after every existing one.
         self.out.makedirs()
         self.removed = self.out.remove_uncommitted()
-        self.registry = ShardRegistry.remote(self.out.max_shard_index() + 1)
+        # on this node: the registry dies with the driver, never with a preempted worker node
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.registry = ShardRegistry.options(scheduling_strategy=here).remote(self.out.max_shard_index() + 1)
         self.summary: dict | None = None
 
     # Ray hands each write task about one shard's worth of rows, so a task fills a shard instead of
@@ -138,20 +190,36 @@ class ShardDatasink(Datasink):
 
     # ------------------------------------------------------------------------------------------
     def write(self, blocks, ctx) -> dict:
+        """One write task: its rows' shards and rejects. A retry of the task (its process died) has
+        the same rows and task index, so it writes the same shard names with the same samples and
+        the same reject file: what the first attempt committed is overwritten with itself, what it
+        left half-written stays under a hidden temporary name (removed by the next run)."""
+        task = ctx.task_idx
         stats = {"samples": 0, "shards": [], "bytes": 0, "rejects": Counter(), "stage_rows": Counter(),
                  "stage_seconds": defaultdict(float)}
         rejects: list[dict] = []
+        errors: dict[str, dict] = defaultdict(dict)
 
-        def reject(row, stage, reason, detail=""):
+        def reject(row, stage, reason, detail="", retryable=False):
             rejects.append({"key": str(row.get("key")), "stage": stage, "reason": reason,
-                            "detail": str(detail)[:2000], "input": _as_str(row.get("input"))})
+                            "detail": str(detail)[:2000], "input": _as_str(row.get("input")),
+                            "retryable": bool(retryable)})
             stats["rejects"][(stage, reason)] += 1
+            if retryable or reason in ERROR_REASONS:
+                count, example = errors[stage].get(reason, (0, f"input {row.get('input')!r}: {str(detail)[:300]}"))
+                errors[stage][reason] = (count + 1, example)
 
-        # A write task holds about one shard of rows: take them at once and claim all keys in one call.
         rows = [r for block in blocks for r in _rows(BlockAccessor.for_block(block).to_batch_format("numpy"))]
-        fresh = ray.get(self.registry.claim.remote([str(r.get("key")) for r in rows])) if rows else []
+        owners = ray.get(self.registry.claim.remote(task, [str(r.get("key")) for r in rows])) if rows else []
+        seen: set[str] = set()
         encoded = []
-        for row in (r for r, is_fresh in zip(rows, fresh) if is_fresh):  # not fresh: an earlier attempt wrote it
+        for row, owner in zip(rows, owners):
+            key = str(row.get("key"))
+            if owner is not None or key in seen:  # the same input listed twice: one outcome, one reject row
+                where = "this write task" if owner is None else f"write task {owner}"
+                reject(dict(row, key=key), "source", "duplicate_input", f"key {key} is also an input of {where}")
+                continue
+            seen.add(key)
             for k, v in row.items():
                 # a row that skipped the stage (rejected earlier) has None, or NaN once a block
                 # went through pandas
@@ -159,23 +227,28 @@ class ShardDatasink(Datasink):
                     stats["stage_rows"][k[len(TIMING_PREFIX):]] += 1
                     stats["stage_seconds"][k[len(TIMING_PREFIX):]] += float(v)
             if row.get("reject_reason"):
-                reject(row, row.get("reject_stage") or "unknown", row["reject_reason"], row.get("reject_detail") or "")
+                reject(row, row.get("reject_stage") or "unknown", row["reject_reason"], row.get("reject_detail") or "",
+                       row.get("reject_retryable"))
                 continue
             try:
                 encoded.append(self._encode(row))
-            except Exception as e:  # noqa: BLE001 - bad data never stops the run: it becomes a reject
+            except (ValueError, TypeError) as e:  # a value the schema cannot store: a reject
                 reject(row, "write", "encode_failed", f"{type(e).__name__}: {e}")
         del rows
-        for group in self._pack(encoded):
-            shard = _ShardWriter(self.out, shard_name(self.schema.name, ray.get(self.registry.next_index.remote())))
+        for g, group in enumerate(self._pack(encoded)):
+            name = shard_name(self.schema.name, ray.get(self.registry.shard_index.remote(task, g)))
+            shard = _ShardWriter(self.out, name)
             for sample, manifest_row in group:
                 shard.add(sample, manifest_row)
             shard.commit(self.schema.manifest_schema)
             stats["shards"].append(shard.name)
             stats["bytes"] += shard.nbytes
             stats["samples"] += len(group)
-            self._flush_rejects(rejects, shard.name)
-        self._flush_rejects(rejects, f"task{ctx.task_idx:05d}")
+        self._write_rejects(rejects, task)
+        violation = ray.get(self.registry.report.remote(task, dict(stats["stage_rows"]), dict(errors),
+                                                        self.max_error_fraction, self.min_error_rows))
+        if violation:
+            raise ErrorBudgetExceeded(violation)
         stats["rejects"] = [[s, r, n] for (s, r), n in stats["rejects"].items()]
         stats["stage_seconds"] = dict(stats["stage_seconds"])
         stats["stage_rows"] = dict(stats["stage_rows"])
@@ -224,12 +297,12 @@ class ShardDatasink(Datasink):
         sample["json.json"] = encode_member(self.schema.member_for("json"), meta)
         return sample, manifest_row
 
-    def _flush_rejects(self, rejects: list[dict], tag: str) -> None:
+    def _write_rejects(self, rejects: list[dict], task: int) -> None:
+        """The task's rejects in one file named by the write and the task: a retry overwrites it."""
         if rejects:
-            name = f"{self.schema.name}-{tag}-{time.time_ns():x}.parquet"
+            name = f"{self.schema.name}-{self.run_id[:8]}-{self.sink_id}-task{task:05d}.parquet"
             table = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
             self.out.write_parquet_atomic(posixpath.join(self.out.rejects_dir, name), table)
-            rejects.clear()
 
     # ------------------------------------------------------------------------------------------
     def on_write_complete(self, write_result) -> None:

@@ -4,15 +4,22 @@ negative gate, M_d and the manifest fields. Each function takes and returns one 
 Reject on bad data and declares its columns (runtime.plan.step)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from runtime.plan import step
 from runtime.rows import Reject
 from stages.complexity import complexity_map
-from stages.photos import load_image
+from stages.photos import IMAGE_REJECTS, MAX_INPUT_BYTES, load_image
 from stages.masks import box_of, inpaint_opencv, mask_area, mask_gate, masked_crop, union
 from stages.prompts import parse_region_caption, region_caption_prompt
 from stages.rubric import is_negative, is_positive, parse_rubric, rubric_prompt
+
+
+# M_prior and the per-subject masks, and what stages.masks rejects them for
+PRIOR_COLUMNS = ("mask", "mask_*", "mask_area", "mask_areas", "boxes")
+PRIOR_REJECTS = ("mask_count", "empty_mask", "mask_too_small", "mask_too_large", "mask_shape_mismatch", "bad_mask")
 
 
 def categories(row: dict) -> list[str]:
@@ -23,11 +30,11 @@ def categories(row: dict) -> list[str]:
     return [str(row["category"])] * len(row["subjects"])
 
 
-@step(reads=("ref_path", "win_path"), writes=("ref", "win"), rejects=("missing_file", "unreadable_file", "corrupt_image", "decompression_bomb", "too_small"))
-def load_photos(row: dict, max_side: int) -> dict:
+@step(reads=("ref_path", "win_path"), writes=("ref", "win"), rejects=IMAGE_REJECTS)
+def load_photos(row: dict, max_side: int, max_bytes: int | None = MAX_INPUT_BYTES) -> dict:
     """`source: photos`: the reference and winner photos of a pair."""
-    row["ref"] = load_image(row["ref_path"], max_side)
-    row["win"] = load_image(row["win_path"], max_side)
+    row["ref"] = load_image(row["ref_path"], max_side, max_bytes=max_bytes)
+    row["win"] = load_image(row["win_path"], max_side, max_bytes=max_bytes)
     return row
 
 
@@ -67,10 +74,12 @@ def _rubric(row: dict, raw_column: str, qa: bool) -> tuple[list, list]:
     return scores, answers
 
 
-@step(reads=("encoder_cosine",), rejects=("copy_paste", "encoder_prefilter"))
+@step(reads=("encoder_cosine",), rejects=("nan_score", "copy_paste", "encoder_prefilter"))
 def encoder_gate(row: dict, cosine_min: float, copy_paste: float, qa: bool) -> dict:
     """Cheap pre-filter before the VLM rubric: obvious failures, and near-copies that teach nothing."""
     cos = float(row["encoder_cosine"])
+    if not math.isfinite(cos):  # NaN passes every comparison: a broken encoder would pass the gate
+        raise Reject("nan_score", f"encoder cosine {cos}")
     if qa and cos >= copy_paste:
         raise Reject("copy_paste", f"encoder cosine {cos:.4f} >= {copy_paste}")
     if qa and cos < cosine_min:
@@ -109,15 +118,14 @@ def grounding_boxes(row: dict) -> dict:
     return row
 
 
-@step(reads=("masks", "subjects", "boxes"), writes=("mask", "mask_*", "mask_area", "mask_areas", "boxes"), rejects=("mask_count", "empty_mask", "mask_too_small", "mask_too_large", "mask_shape_mismatch", "bad_mask"))
+@step(reads=("masks", "subjects", "boxes"), writes=PRIOR_COLUMNS, rejects=PRIOR_REJECTS)
 def prior_from_masks(row: dict, area_min: float, area_max: float) -> dict:
     """M_prior: one mask per subject (SAM2 from its box) and their union."""
     masks = [np.asarray(m, bool) for m in row["masks"]]
     return _set_prior(row, masks, area_min, area_max)
 
 
-@step(reads=("alpha", "subjects"), writes=("mask", "mask_*", "mask_area", "mask_areas", "boxes"),
-      rejects=("salient_needs_single_subject", "mask_count", "empty_mask", "mask_too_small", "mask_too_large", "mask_shape_mismatch", "bad_mask"))
+@step(reads=("alpha", "subjects"), writes=PRIOR_COLUMNS, rejects=("salient_needs_single_subject",) + PRIOR_REJECTS)
 def prior_from_alpha(row: dict, area_min: float, area_max: float) -> dict:
     """`segmenter: salient`: the background-removal alpha of x_w as M_prior (single subject only:
     a salient mask cannot tell two subjects apart)."""

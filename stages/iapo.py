@@ -22,16 +22,17 @@ import numpy as np
 from runtime.plan import step
 from runtime.rows import Reject
 from stages.keys import file_id, sample_key
-from stages.photos import dreambench_pairs, load_image
+from stages.photos import IMAGE_REJECTS, MAX_INPUT_BYTES, dreambench_pairs, load_image
 from stages.prompts import judge_prompt, parse_judge, parse_planner, planner_prompt
 
+PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")  # a Pick-a-Pic v2 pair
 MIN_CROP = 28  # px: one Qwen2.5-VL token (28 x 28); smaller crops are grown around their centre
 ORDERS = ("01", "10")  # "01": image_0 shown as Image A; "10": image_1 shown as Image A
 
 
 # --- inputs --------------------------------------------------------------------------------------
 
-@step(optional=("caption", "jpg_0", "jpg_1", "label_0", "label_1", "input"), writes=("caption", "jpg_0", "jpg_1", "label_0", "label_1", "source", "key", "input"))
+@step(optional=PAIR_COLUMNS + ("input",), writes=PAIR_COLUMNS + ("source", "key", "input"))
 def pair_row(row: dict, fields: dict, source: str) -> dict:
     """A Pick-a-Pic v2 row (caption, jpg_0, jpg_1 as bytes or paths, label_0, label_1) -> the pair
     the DAG carries, with its content key. Other columns are dropped. Never raises: a bad value is
@@ -58,7 +59,7 @@ def photo_pairs(root, pairs_per_subject: int, seed: int) -> list[dict]:
     return rows
 
 
-@step(optional=("json.json", "json", "win.jpg", "lose.jpg", "__key__"), writes=("caption", "jpg_0", "jpg_1", "label_0", "label_1", "input"))
+@step(optional=("json.json", "json", "win.jpg", "lose.jpg", "__key__"), writes=PAIR_COLUMNS + ("input",))
 def dip_pair(row: dict) -> dict:
     """A DIP sample (read_webdataset of its shards) as a pair: x_w preferred over x_l, the
     prompt c as the caption."""
@@ -85,10 +86,10 @@ def global_label(row: dict) -> dict:
     return row
 
 
-@step(reads=("jpg_0", "jpg_1"), writes=("image_0", "image_1"), rejects=("missing_file", "unreadable_file", "corrupt_image", "decompression_bomb", "too_small"))
-def load_pair(row: dict, max_side: int) -> dict:
-    row["image_0"] = load_image(row["jpg_0"], max_side)
-    row["image_1"] = load_image(row["jpg_1"], max_side)
+@step(reads=("jpg_0", "jpg_1"), writes=("image_0", "image_1"), rejects=IMAGE_REJECTS)
+def load_pair(row: dict, max_side: int, max_bytes: int | None = MAX_INPUT_BYTES) -> dict:
+    row["image_0"] = load_image(row["jpg_0"], max_side, max_bytes=max_bytes)
+    row["image_1"] = load_image(row["jpg_1"], max_side, max_bytes=max_bytes)
     return row
 
 
@@ -274,7 +275,7 @@ def weight_maps(row: dict, w_pos: float, w_neg: float, cell: int) -> dict:
 
 @step(reads=("rho", "dropped", "drop_reasons", "judge_choices", "boxes_0", "boxes_1", "categories",
              "judge_answers", "judge_orders"),
-      writes=("n_instances", "n_dropped", "n_agree", "n_disagree", "rho_mean", "n_unjudged", "json"))  # + the run fields, declared by the plan
+      writes=("n_instances", "n_dropped", "n_agree", "n_disagree", "rho_mean", "n_unjudged", "json"))  # + run fields
 def finalize(row: dict, fields: dict) -> dict:
     """Counts and rho statistics for the manifest, the per-instance records for the json member,
     run-level fields."""

@@ -13,7 +13,7 @@ import numpy as np
 from runtime.plan import step
 from runtime.rows import Reject
 from stages.bench_split import split_of
-from stages.photos import IMAGE_EXTS, load_image
+from stages.photos import IMAGE_EXTS, IMAGE_REJECTS, MAX_INPUT_BYTES, load_image
 from stages.prompts import CAPTION_PREFIX, caption_prompt, parse_caption
 from stages.retrieval import UNASSIGNED, assign, similarities, top1
 
@@ -44,10 +44,12 @@ def list_photos(source: str, with_identity: bool) -> list[dict]:
     return rows
 
 
-@step(reads=("path",), writes=("image", "source", "height", "width"), rejects=("missing_file", "unreadable_file", "corrupt_image", "decompression_bomb", "too_small"))
-def load(row: dict, max_side: int, max_pixels: int | None, min_side: int) -> dict:
+@step(reads=("path",), writes=("image", "source", "height", "width"), rejects=IMAGE_REJECTS)
+def load(row: dict, max_side: int, max_pixels: int | None, min_side: int,
+         max_bytes: int | None = MAX_INPUT_BYTES) -> dict:
     """Decompression bombs, corrupt files and tiny images are rejects (stages.photos.load_image)."""
-    row["image"] = load_image(row.get("path"), max_side=max_side, min_side=min_side, max_pixels=max_pixels)
+    row["image"] = load_image(row.get("path"), max_side=max_side, min_side=min_side, max_pixels=max_pixels,
+                              max_bytes=max_bytes)
     row["source"] = str(row["path"])  # the manifest's way back to the original photo
     row["height"], row["width"] = row["image"].shape[:2]
     return row

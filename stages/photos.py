@@ -13,6 +13,7 @@ import io
 import math
 import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -97,22 +98,30 @@ def subject_folders(root) -> list[tuple[str, list[str]]]:
 
 # --- loading -----------------------------------------------------------------------------------
 
+MAX_INPUT_BYTES = 256 << 20  # an input file larger than this is a reject (`max_input_bytes`)
+# what load_image can reject with: the rejects of every step that loads images
+IMAGE_REJECTS = ("missing_file", "unreadable_file", "file_too_large", "corrupt_image", "decompression_bomb",
+                 "too_small")
+
 def load_image(path_or_bytes, max_side: int = 1024, min_side: int = 16, max_pixels: int | None = None,
-               side_multiple: int = SIDE_MULTIPLE) -> np.ndarray:
+               side_multiple: int = SIDE_MULTIPLE, max_bytes: int | None = MAX_INPUT_BYTES) -> np.ndarray:
     """A file path or encoded bytes -> uint8 HxWx3 RGB, ready for FLUX and M_d.
 
-    - EXIF orientation applied; alpha composited on white (schemas.contract.as_rgb).
+    - EXIF orientation applied; alpha composited on white (schemas.contract.as_rgb); 16-bit and
+      float images scaled to 8 bits over their range (never clipped); CMYK, grayscale and palette
+      images converted; an animation is its first frame.
     - Long side scaled down to <= max_side (aspect kept, Lanczos); never scaled up.
     - Then each side is rounded down to a multiple of 16 (`side_multiple`) by a center crop of at
       most 15 px (the top / left get the smaller half), so FLUX and the 16 px complexity grid fit
       exactly; side_multiple=1 keeps every pixel.
-    Rejects: "missing_file" (None, no such file), "unreadable_file" (permissions, a directory),
+    Rejects: "missing_file" (None, no such file), "unreadable_file" (permissions, a directory, not
+    a regular file), "file_too_large" (more than max_bytes, checked before the file is read),
     "corrupt_image" (not an image, truncated), "decompression_bomb" (more than max_pixels pixels;
     default PIL's Image.MAX_IMAGE_PIXELS, read at call time; checked from the header before any
     pixel is decoded), "too_small" (a side < max(min_side, 16) before or after resizing/cropping).
     """
     cap = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    data = _read_bytes(path_or_bytes)
+    data = _read_bytes(path_or_bytes, max_bytes)
     try:
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
@@ -124,7 +133,7 @@ def load_image(path_or_bytes, max_side: int = 1024, min_side: int = 16, max_pixe
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             img.draft("RGB", size)  # JPEG: decode at the smallest DCT scale still >= size
             img.load()
-            img = ImageOps.exif_transpose(img)
+            img = _eight_bit(ImageOps.exif_transpose(img))
             img = img.convert("RGBA") if _has_alpha(img) else img.convert("RGB")
             if scale < 1.0:
                 w2, h2 = img.size
@@ -156,19 +165,48 @@ def fit_image(arr: np.ndarray, max_side: int) -> np.ndarray:
     return _crop_to_multiple(arr, SIDE_MULTIPLE)
 
 
-def _read_bytes(path_or_bytes) -> bytes:
+def _read_bytes(path_or_bytes, max_bytes: int | None) -> bytes:
+    """The file's bytes; never more than max_bytes are read (a listed /dev/zero or a huge file is
+    a reject, not an exhausted machine)."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        if max_bytes is not None and len(path_or_bytes) > max_bytes:
+            raise Reject("file_too_large", f"{len(path_or_bytes)} bytes > max_input_bytes {max_bytes}")
         return bytes(path_or_bytes)
     if path_or_bytes is None or (isinstance(path_or_bytes, float) and math.isnan(path_or_bytes)):
         raise Reject("missing_file", "no path")
     path = os.fspath(path_or_bytes)
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise Reject("unreadable_file", f"{path}: not a regular file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise Reject("file_too_large", f"{path}: {info.st_size} bytes > max_input_bytes {max_bytes}")
         with open(path, "rb") as f:
-            return f.read()
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
     except FileNotFoundError:
         raise Reject("missing_file", path) from None
-    except OSError as e:  # a directory, no permission
+    except OSError as e:  # no permission
         raise Reject("unreadable_file", f"{path}: {type(e).__name__}: {e}") from None
+    if max_bytes is not None and len(data) > max_bytes:  # it grew while being read
+        raise Reject("file_too_large", f"{path}: more than max_input_bytes {max_bytes}")
+    return data
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer and float images as 8-bit grey over their range: PIL's
+    convert("RGB") clips them instead (a 16-bit PNG comes out almost white)."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img
+    a = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise Reject("corrupt_image", f"{img.mode} image with NaN or inf pixels")
+    if img.mode == "F" and a.min() >= 0.0 and a.max() <= 1.0:
+        top = 1.0  # float images in [0, 1]
+    elif img.mode.startswith("I;16") or a.max() <= 65535:
+        top = 255.0 if img.mode in ("I", "F") and a.max() <= 255 else 65535.0
+    else:
+        top = a.max()
+    return Image.fromarray(np.clip(a / top * 255.0, 0, 255).round().astype(np.uint8), "L")
 
 
 def _has_alpha(img: Image.Image) -> bool:

@@ -6,6 +6,7 @@ one row and raises Reject on bad data; runtime.rows.run_step applies it to a bat
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import numpy as np
 from runtime.plan import step
 from runtime.rows import Reject
 from stages.keys import file_id, sample_key
-from stages.photos import fit_image, load_image, pair_order, read_prompts_and_classes, subject_folders
+from stages.photos import (IMAGE_REJECTS, MAX_INPUT_BYTES, fit_image, load_image, pair_order, read_prompts_and_classes,
+                           subject_folders)
 from stages.prompts import attributes_prompt, parse_attributes, parse_rating, rating_prompt
 from stages.subject_reward import corresponding_views, subject_reward
 
@@ -120,8 +122,8 @@ def diptych_text(row: dict) -> tuple[str | None, str | None]:
 
 
 @step(optional=("prompt", "image_src", "ref_src", "target_src"), writes=("ref", "target"),
-      rejects=("no_prompt", "missing_file", "unreadable_file", "corrupt_image", "decompression_bomb", "too_small"))
-def load_pair(row: dict, max_side: int, diptych_padding: int) -> dict:
+      rejects=("no_prompt",) + IMAGE_REJECTS)
+def load_pair(row: dict, max_side: int, diptych_padding: int, max_bytes: int | None = MAX_INPUT_BYTES) -> dict:
     """ref and target as uint8 RGB, each at most max_side (sides multiples of 16). A diptych
     (Subjects200K: two 512 px images side by side, each inside an 8 px border, 1056 x 528) is split
     at half its width and each half loses `diptych_padding` px on every side: left = reference,
@@ -129,7 +131,7 @@ def load_pair(row: dict, max_side: int, diptych_padding: int) -> dict:
     if not (row.get("prompt") or "").strip():
         raise Reject("no_prompt", "the pair has no prompt")
     if "image_src" in row:
-        image = load_image(image_source(row.get("image_src")), max_side=1 << 30, side_multiple=1)
+        image = load_image(image_source(row.get("image_src")), max_side=1 << 30, side_multiple=1, max_bytes=max_bytes)
         h, w = image.shape[:2]
         half, p = w // 2, diptych_padding
         if half - 2 * p < 16 or h - 2 * p < 16:
@@ -137,20 +139,22 @@ def load_pair(row: dict, max_side: int, diptych_padding: int) -> dict:
         row["ref"] = fit_image(image[p:h - p, p:half - p], max_side)
         row["target"] = fit_image(image[p:h - p, half + p:w - p], max_side)
     else:
-        row["ref"] = load_image(image_source(row.get("ref_src")), max_side)
-        row["target"] = load_image(image_source(row.get("target_src")), max_side)
+        row["ref"] = load_image(image_source(row.get("ref_src")), max_side, max_bytes=max_bytes)
+        row["target"] = load_image(image_source(row.get("target_src")), max_side, max_bytes=max_bytes)
     return row
 
 
 # --- sec. 3.2.1 step 1: background removal ------------------------------------------------------
 
 @step(reads=("ref_fg_fraction", "ref_on_white"), writes=("ref_clean", "fg_fraction"),
-      rejects=("foreground_too_small", "foreground_too_large"))
+      rejects=("nan_score", "foreground_too_small", "foreground_too_large"))
 def foreground_gate(row: dict, fg_min: float, fg_max: float) -> dict:
     """The reference on pure white (the background_removal worker's composite) becomes ref_clean
     and its alpha ref_alpha; a reference where almost nothing (< fg_min) or almost everything
     (> fg_max) is foreground has no subject to isolate."""
     fg = float(row["ref_fg_fraction"])
+    if not math.isfinite(fg):  # NaN passes every comparison
+        raise Reject("nan_score", f"foreground fraction {fg}")
     if fg < fg_min:
         raise Reject("foreground_too_small", f"foreground {fg:.4f} < {fg_min}")
     if fg > fg_max:

@@ -157,8 +157,6 @@ def train(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1) -> dict:
 
 def fit(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1) -> tuple[SubjectFlux, dict]:
     """train(), also returning the trained model."""
-    if cfg.objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, not {cfg.objective!r}")
     dataset = Path(cfg.data.rstrip("/")).name
     if dataset not in OBJECTIVES[cfg.objective]:
         raise ValueError(f"{cfg.objective} trains on {OBJECTIVES[cfg.objective]}, not {dataset}")

@@ -72,12 +72,13 @@ class Worker:
     rejects: tuple[str, ...] = ("missing_image", "bad_image", "model_error")
 
     def __init__(self, model: str, *, stage: str | None = None, dtype: str = "bfloat16",
-                 device: str | None = None, drop: tuple = (), keep=None):
+                 device: str | None = None, drop: tuple = (), keep=None, retries: int = 3):
         self.model_id = model
         self.stage = stage or self.role
         self.device = pick_device(device)
         self.dtype_name = dtype
         self.drop, self.keep = tuple(drop), keep
+        self.retries = retries  # attempts after the first on an infrastructure error
 
     @classmethod
     def arguments(cls) -> set[str]:
@@ -131,10 +132,15 @@ class Worker:
             out[i] = result if isinstance(result, Reject) else dict(rows[i], **result)
         return out
 
-    def _predict_isolating(self, inputs: list[dict]) -> list:
-        """Batched predict; if the batch raises, retry row by row so one poison sample becomes one
-        reject instead of failing its whole batch. Only model and data errors are isolated: a
-        TypeError or KeyError is a bug and fails the run."""
+    def _predict_isolating(self, inputs: list[dict], attempt: int = 0) -> list:
+        """Batched predict, with the three kinds of failure kept apart:
+        - an infrastructure error (CUDA out of memory, a broken CUDA context, a timeout: the
+          library's RuntimeError) is retried, an out-of-memory one on half the batch first; still
+          failing after `retries`, each row is tried once alone and what fails is a retryable
+          `model_error` reject (the next run tries it again);
+        - a data error from the library (ValueError on an input it cannot take) isolates the row
+          that causes it: a final `model_error` reject, the rest of the batch goes on;
+        - anything else (TypeError, KeyError) is a bug: it fails the run."""
         if not inputs:
             return []
         try:
@@ -142,11 +148,44 @@ class Worker:
             if len(out) != len(inputs):
                 raise AssertionError(f"{type(self).__name__}.predict returned {len(out)} outputs for {len(inputs)} inputs")
             return out
-        except (RuntimeError, *DATA_ERRORS):
+        except INFRASTRUCTURE_ERRORS as e:
+            release_memory()
+            if out_of_memory(e) and len(inputs) > 1:
+                half = len(inputs) // 2
+                return self._predict_isolating(inputs[:half], attempt) + self._predict_isolating(inputs[half:], attempt)
+            if attempt < self.retries:
+                return self._predict_isolating(inputs, attempt + 1)
+            if len(inputs) > 1:
+                return [self._predict_isolating([x], self.retries)[0] for x in inputs]
+            return [Reject("model_error", _last_error(), retryable=True)]
+        except DATA_ERRORS:
             if len(inputs) == 1:
-                import traceback
+                return [Reject("model_error", _last_error())]
+            return [self._predict_isolating([x], attempt)[0] for x in inputs]
 
-                return [Reject("model_error", traceback.format_exc(limit=2)[-1500:])]
-            return [self._predict_isolating([x])[0] for x in inputs]
+
+# An infrastructure error is the machine's, not the row's: torch raises CUDA out-of-memory
+# (torch.OutOfMemoryError) and a broken CUDA context as RuntimeError. Checked before DATA_ERRORS,
+# which hold OSError (TimeoutError and ConnectionError are OSErrors).
+INFRASTRUCTURE_ERRORS = (RuntimeError, TimeoutError, ConnectionError, MemoryError)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or "out of memory" in str(e).lower()
+
+
+def release_memory() -> None:
+    """Give cached CUDA memory back before a retry (a smaller batch needs it)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _last_error() -> str:
+    import traceback
+
+    return traceback.format_exc(limit=2)[-1500:]
 
 

@@ -62,8 +62,40 @@ def test_poison_sample_and_killed_actor(ray_local, tmp_path):
     assert len(manifest) == 5 and manifest["key"].is_unique  # every key once, through Ray's retries
     poison = rejects[rejects["input"].str.contains("poison")]
     assert list(poison["reason"]) == ["model_error"] and "crashed" in poison["detail"].iloc[0]
-    assert len(rejects) == 1
+    assert len(rejects) == 1 and poison["retryable"].all()  # the model's RuntimeError: the machine's fault
+    # the next run tries the retryable key again (the model is fine now); the old reject is superseded
+    dip.main(["--config", str(tmp_path / "dip.yaml"), "--out", out], workers=DOUBLES)
+    manifest, rejects = load_manifest(f"{out}/dip"), load_rejects(f"{out}/dip")
+    assert len(manifest) == 6 and manifest["key"].is_unique and len(rejects) == 0
+    assert validate(f"{out}/dip").ok
     KILLED_ONCE.unlink()
+
+
+class BrokenVLM(ScriptedVLM):
+    """A VLM whose CUDA context is gone: every call fails."""
+
+    def predict(self, inputs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_stage_failing_on_every_row_stops_the_run_with_a_summary(ray_local, tmp_path, capsys):
+    from pipelines import dip
+
+    rows = [{"prompt": f"a photo of teapot number {i} on a table", "subjects": ["teapot"], "class_nouns": ["teapot"],
+             "category": "object"} for i in range(24)]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"model": "scripted", "dtype": "float32", "batch_size": 4, "num_cpus": 0.5, "retries": 0}
+    config = {"profile": "tiny", "source": "prompts", "prompts_file": str(tmp_path / "prompts.jsonl"),
+              "image_size": 64, "inpainter": "opencv", "mask_dilation_px": 4, "encoder_cosine_min": 0.3,
+              "ray": {"num_cpus": 8}, **{role: spec for role in ("text_to_image", "grounding", "segmentation", "vlm",
+                                                                 "image_encoder")}}
+    (tmp_path / "dip.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as e:
+        dip.main(["--config", str(tmp_path / "dip.yaml"), "--out", str(tmp_path / "out")],
+                 workers=dict(DOUBLES, vlm=BrokenVLM))
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "run stopped: dip: stage positive_check:" in err
+    assert "rows failed" in err and "model_error" in err and "e.g. input 'a photo of teapot number" in err
 
 
 @pytest.mark.slow

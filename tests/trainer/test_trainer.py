@@ -164,13 +164,14 @@ def test_a_bad_sample_is_skipped_with_its_reason(dip_tiny, tmp_path):
     assert set(summary["skipped"]) == {"missing_member", "mask_size"} and len(metrics(tmp_path)) == len(keys)
 
 
-def test_objective_and_dataset_must_match(dip_tiny, tmp_path):
+def test_objective_and_dataset_must_match(dip_tiny, tmp_path, capsys):
     from pipelines import train
 
     with pytest.raises(ValueError, match="sft trains on"):
         train.main(train_args(tmp_path, f"{dip_tiny[1]}/dip", objective="sft"))
-    with pytest.raises(ValueError, match="objective must be one of"):
+    with pytest.raises(SystemExit) as e:  # a usage error: one line listing the choices, exit 2
         train.main(train_args(tmp_path, f"{dip_tiny[1]}/dip", objective="ppo"))
+    assert e.value.code == 2 and "objective: Input should be 'sft', 'dpo'" in capsys.readouterr().err
 
 
 def test_refl_on_uper_shards(uper_tiny, tmp_path):

@@ -28,7 +28,7 @@ class Brightness(Worker):
         out = []
         for x in inputs:
             if "poison" in x["prompt"]:
-                raise RuntimeError("model blew up")
+                raise ValueError("model blew up")  # a data error from the library: this row's alone
             out.append({"brightness": float(x["image"].mean()) * len(x["prompt"].split())})
         return out
 
@@ -144,3 +144,38 @@ def test_worker_columns_come_from_its_arguments():
     assert TextToImage.columns(mode="independent", output="win")[1] == ["win"]
     assert ImageEncoder.columns(image="ref", image_b="win", cosine="c", embedding=None) == (["ref", "win"], ["c"])
     assert "image_column" not in VLM.arguments() and {"stage", "drop", "keep", "images"} <= VLM.arguments()
+
+
+class Flaky(Brightness):
+    """CUDA out of memory on its first `ooms` calls; then a broken CUDA context on `broken` rows."""
+
+    def __init__(self, ooms=0, broken=(), **kw):
+        super().__init__(**kw)
+        self.ooms, self.broken = ooms, set(broken)
+
+    def predict(self, inputs):
+        self.calls.append(len(inputs))
+        if self.ooms:
+            self.ooms -= 1
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if any(x["prompt"] in self.broken for x in inputs):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return [{"brightness": 1.0} for _ in inputs]
+
+
+def test_out_of_memory_three_times_then_success_halves_the_batch_and_loses_nothing():
+    w = Flaky(ooms=3)
+    batch = [{"key": f"k{i}", "image": np.full((16, 16, 3), 10, np.uint8), "prompt": f"p{i}"} for i in range(4)]
+    out = rows_of(w(batch_of(batch)))
+    assert all(r["brightness"] == 1.0 and not r.get("reject_reason") for r in out)
+    assert w.calls == [4, 2, 1, 1, 1, 2]  # halved twice, the single row retried, the rest at its size
+
+
+def test_a_persistent_infrastructure_error_is_a_retryable_reject_after_its_retries():
+    w = Flaky(broken={"p1"}, retries=2)
+    batch = [{"key": f"k{i}", "image": np.full((16, 16, 3), 10, np.uint8), "prompt": f"p{i}"} for i in range(3)]
+    out = {r["key"]: r for r in rows_of(w(batch_of(batch)))}
+    assert out["k1"]["reject_reason"] == "model_error" and out["k1"]["reject_retryable"] is True
+    assert "illegal memory access" in out["k1"]["reject_detail"]
+    assert out["k0"]["brightness"] == out["k2"]["brightness"] == 1.0
+    assert w.calls == [3, 3, 3, 1, 1, 1]  # the batch and its 2 retries, then each row once alone
