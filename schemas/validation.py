@@ -60,10 +60,11 @@ class Report:
 
 def validate(dataset_dir: str, filesystem: pafs.FileSystem | None = None) -> Report:
     out = DatasetDir.open(dataset_dir, filesystem=filesystem)
-    if out.read_info() is None and not out.manifest_files():
+    layout = [out.sub(d) for d in ("shards", "manifest", "rejects")]
+    if out.read_info() is None and all(out.fs.get_file_info(d).type == pafs.FileType.NotFound for d in layout):
         # nothing to check is not "OK": a typo in the path must not pass as an empty dataset
         kind = "not_a_dataset" if out.fs.get_file_info(out.path).type == pafs.FileType.Directory else "no_dataset"
-        what = "has no dataset.json and no manifests" if kind == "not_a_dataset" else "does not exist"
+        what = "has no dataset.json, shards, manifest or rejects" if kind == "not_a_dataset" else "does not exist"
         return Report(out.dataset, out.path, problems=[Problem(kind, "-", None, f"{out.path} {what}")])
     try:
         schema = get_schema(out.dataset)

@@ -1,9 +1,8 @@
 """Member encoding rules, sample keys and config loading: pure functions, no Ray."""
 import numpy as np
 import pytest
-from pydantic import ValidationError
 
-from runtime.config import PipelineConfig, load_config
+from runtime.config import ConfigError, PipelineConfig, load_config
 from schemas.contract import Member, decode_member, encode_member
 from schemas.registry import SCHEMAS
 from stages.keys import sample_key
@@ -76,8 +75,8 @@ def test_config_yaml_and_overrides(tmp_path):
     p.write_text("seed: 3\nwrite:\n  target_shard_bytes: 1000\n")
     cfg = load_config(Cfg, p, ["write.target_shard_samples=7", "rubric_positive=10"])
     assert (cfg.seed, cfg.write.target_shard_bytes, cfg.write.target_shard_samples, cfg.rubric_positive) == (3, 1000, 7, 10)
-    with pytest.raises(ValidationError):
-        load_config(Cfg, p, ["rubric_positve=10"])  # typo: unknown keys are errors
+    with pytest.raises(ConfigError, match="config rubric_positve: Extra inputs are not permitted"):
+        load_config(Cfg, p, ["rubric_positve=10"])  # typo: unknown keys are errors, one line
     with pytest.raises(ValueError):
         load_config(Cfg, p, ["seed"])
 
