@@ -1,5 +1,7 @@
 """MultiID retrieval and reference-bank construction against bare baselines, in one run.
 
+    python benchmarks/multiid.py --scale [...]   # memory of the whole pipeline at N and 10N photos:
+                                                # benchmarks/multiid_scale.py
     python benchmarks/multiid.py [--faces 1000000] [--centers 3000] [--chunk 65536]
         [--identities 3000] [--per-identity 400] [--pooled-identities 50] [--quick] [--json out.json]
 
@@ -219,6 +221,11 @@ QUICK = {"faces": 20_000, "centers": 300, "chunk": 4096, "identities": 40, "per_
 
 
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--scale" in argv:  # the whole pipeline's memory at N and 10N photos: benchmarks/multiid_scale.py
+        from benchmarks import multiid_scale
+
+        return multiid_scale.main([a for a in argv if a != "--scale"])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--faces", type=int, default=1_000_000)
     p.add_argument("--centers", type=int, default=3000)

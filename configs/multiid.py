@@ -27,6 +27,10 @@ class MultiIDConfig(PipelineConfig):
     min_input_side: int = 32  # smaller inputs are rejects ("too_small")
     max_image_pixels: int = 89_478_485  # decompression bombs (PIL's default cap)
     collage_filter: bool = True
+    # 0.3: the shared press photos reach 0.22 with real backdrop text, burnt-in posters / memes /
+    # tiled watermarks 0.41-0.59 (tests/workers/test_workers_text_aesthetic.py)
+    max_text_fraction: float | None = Field(0.3, description="app. C: OCR text / watermark area; None: record only")
+    min_aesthetic: float | None = Field(None, description="app. C: aesthetic floor (the paper gives no value); None: record only")
     caption_max_words: int = Field(77, description="app. I.1: at most 77 words")
     caption_repair: bool = Field(True, description="cut long captions / add 'This image shows' instead of rejecting")
     holdout_fraction: float = Field(0.1, description="MultiID-Bench: the least frequent identities held out")
@@ -35,6 +39,8 @@ class MultiIDConfig(PipelineConfig):
     caption_max_new_tokens: int = 128
     face_analysis: ModelSpec = ModelSpec(model="buffalo_l", dtype="float32")
     vlm: ModelSpec = ModelSpec(model="Qwen/Qwen2.5-VL-7B-Instruct")
+    text_detection: ModelSpec = ModelSpec(model="PP-OCRv4", dtype="float32")  # the det model in the rapidocr wheel
+    aesthetic: ModelSpec = ModelSpec(model="openai/clip-vit-large-patch14", dtype="float16")
 
     def input_paths(self) -> dict:
         return {"singles": self.singles, "groups": self.groups}
@@ -42,4 +48,4 @@ class MultiIDConfig(PipelineConfig):
     def output_fields(self) -> dict:
         return self.model_dump(include={"seed", "dbscan_eps", "dbscan_min_samples", "min_references", "max_side",
                                         "retrieval_threshold_low", "retrieval_threshold_high"}) | {
-            "models": [self.face_analysis.model, self.vlm.model]}
+            "models": [self.face_analysis.model, self.vlm.model]}  # not the filters': a new floor re-decides, keys stay

@@ -16,6 +16,10 @@ class TrainConfig(PipelineConfig):
     model: str = "black-forest-labs/FLUX.1-dev"  # a FluxPipeline id or directory
     data: str = "out/dip"  # OUT/<dataset>: dip | iapo | uper | multiid
     manifest_query: str | None = None  # pandas query on the manifest, e.g. "category == 'human'"
+    # rows of this split only, on datasets whose manifest has a split column (MultiID: train / bench,
+    # so MultiID-Bench stays unseen); None: every row. Combined with manifest_query.
+    split: str | None = "train"
+    reference_cache: int = Field(512, ge=1, description="MultiID: decoded reference images kept in memory (LRU)")
     objective: Literal["sft", "dpo", "focus_dpo", "iapo", "id", "refl"] = "focus_dpo"
     resolution: int = 512  # square crops, a multiple of 16
     batch_size: int = 4

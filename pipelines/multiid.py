@@ -6,14 +6,19 @@ the leakage-free MultiID-Bench split (WithAnyone, seed 002, section 3, appendix 
 
 Writes OUT/multiid_refs (the reference photos, one face each, with identity ids), OUT/multiid/bank
 (bank.parquet, centers.npy: the negative pool the trainer draws from) and OUT/multiid (group
-photos: paired ones, with at least one assigned identity, in their own shards; then unpaired).
+photos: paired ones, with at least one assigned identity, in shards of their own, and unpaired).
+
+Memory stays flat in the number of photos: the two barriers (the bank's DBSCAN, the held-out
+identities) hold only light columns (keys, embeddings, identity lists); a photo is decoded for its
+faces and again, after the barrier, for its shard (`reload`), never held for the whole dataset.
+Identities forgotten with `subjectforge forget` (bank/tombstones.parquet) never come back: their
+single photos and the forgotten photos' keys are skipped before any model work.
 """
 from __future__ import annotations
 
 import io
 import json
 import sys
-import uuid
 from functools import partial
 from pathlib import Path
 
@@ -31,30 +36,45 @@ from runtime.rows import dataset_of
 from schemas.multiid import REFS_SCHEMA, SCHEMA
 from schemas.store import DatasetDir
 from stages import multiid as mid
-from stages.bank import build_bank
+from schemas.forget import read_tombstones
+from stages.bank import build_bank, identity_id_of
 from stages.bench_split import held_out_identities, leakage_check
 from stages.encode import encode_members
 from stages.keys import sample_key
 from stages.prompts import CAPTION_SYSTEM_PROMPT
+from workers.aesthetic import Aesthetic
 from workers.face_analysis import FaceAnalysis
+from workers.text_detection import TextDetection
 from workers.vlm import VLM
 
-WORKERS = {"face_analysis": FaceAnalysis, "vlm": VLM}
+WORKERS = {"face_analysis": FaceAnalysis, "vlm": VLM, "text_detection": TextDetection, "aesthetic": Aesthetic}
 
 
-def source(cfg: MultiIDConfig, plan: Plan):
-    """The single-person photos (the bank plan) or the group photos, keyed by path (and identity)."""
+def source(cfg: MultiIDConfig, plan: Plan, out: str | None = None):
+    """The single-person photos (the bank plan) or the group photos, keyed by path (and identity),
+    without what a takedown forgot (given `out`)."""
     rows = mid.list_photos(cfg.singles, with_identity=True) if plan.schema is REFS_SCHEMA else \
         mid.list_photos(cfg.groups, with_identity=False)
     for r in rows:
         r["key"] = sample_key({"path": r.get("path"), "identity": r.get("identity")}, cfg.output_fields())
         r["input"] = r.get("path")
+    if out is not None:
+        gone = read_tombstones(dataset_uri(out, SCHEMA.name))
+        kept = [r for r in rows if r["key"] not in gone.keys and not (
+            r.get("identity") is not None and identity_id_of(str(r["identity"])) in gone.identity_ids)]
+        if len(kept) < len(rows):
+            print(f"{plan.name}: {len(rows) - len(kept)} inputs of forgotten identities skipped (bank/tombstones.parquet)")
+        rows = kept
     return dataset_of(rows)
 
 
+def load_args(cfg: MultiIDConfig) -> dict:
+    return dict(max_side=cfg.max_side, max_pixels=cfg.max_image_pixels, min_side=cfg.min_input_side,
+                max_bytes=cfg.max_input_bytes)
+
+
 def faces(steps: Plan, cfg: MultiIDConfig) -> None:
-    steps.cpu("load", partial(mid.load, max_side=cfg.max_side, max_pixels=cfg.max_image_pixels,
-                              min_side=cfg.min_input_side, max_bytes=cfg.max_input_bytes))
+    steps.cpu("load", partial(mid.load, **load_args(cfg)))
     steps.model("faces", "face_analysis", image="image")
 
 
@@ -70,6 +90,7 @@ def bank_plan(cfg: MultiIDConfig, workers: dict | None = None) -> Plan:
                  provides=("bank", "verdicts", "members"))
     steps.cpu("bank", mid.bank_verdict, needs=("verdicts", "members"))
     steps.resume()  # after the bank: the bank is built from every photo, committed or not
+    steps.cpu("reload", partial(mid.reload, **load_args(cfg)))
     fields = {"model_face_analysis": cfg.face_analysis.model}
     steps.cpu("finalize", partial(mid.finalize, fields=fields), writes=tuple(fields))
     steps.cpu("encode", partial(encode_members, schema=REFS_SCHEMA))
@@ -92,6 +113,7 @@ def write_bank(cfg: MultiIDConfig, out: str, bank) -> None:
     identity i): the negative pool of the ID contrastive loss (app. F.1) draws from it."""
     d = DatasetDir.open(dataset_uri(out, SCHEMA.name), dataset=SCHEMA.name)
     d.fs.create_dir(d.sub("bank"), recursive=True)
+    # row i of centers.npy is row i of bank.parquet: ids are hashes, not positions
     table = pa.table({
         "identity_id": pa.array([i.identity_id for i in bank.identities], pa.int32()),
         "n_refs": pa.array([len(i.reference_keys) for i in bank.identities], pa.int32()),
@@ -114,17 +136,24 @@ def write_bank(cfg: MultiIDConfig, out: str, bank) -> None:
 # --- phase 2: group photos ------------------------------------------------------------------------
 
 def group_plan(cfg: MultiIDConfig, workers: dict | None = None) -> Plan:
-    """Group photos -> faces -> one matmul against the bank's centers per batch -> filters ->
-    caption -> the bench split (held-out identities chosen once, on the driver) -> shards."""
+    """Group photos -> faces (every face counts as a person) -> one matmul against the bank's
+    centers per batch -> appendix C's filters (resolution, collage, OCR text, aesthetic) ->
+    caption -> the held-out identities (chosen once, from the light columns) -> the split ->
+    decoded again -> shards (paired photos in shards of their own)."""
     steps = Plan("multiid", cfg, dict(WORKERS, **(workers or {})), SCHEMA, source=("path",),
-                 inputs=("centers", "references", "previous_held_out"))
+                 inputs=("centers", "identity_ids", "references", "previous_held_out"), shard_by="paired")
     steps.resume()
     faces(steps, cfg)
     steps.cpu("group_faces", partial(mid.group_faces, min_faces=cfg.min_faces, max_faces=cfg.max_faces,
                                      min_det_score=cfg.min_det_score, min_face_px=cfg.min_face_px))
     steps.batch("retrieve", partial(mid.retrieve, thresholds=(cfg.retrieval_threshold_low, cfg.retrieval_threshold_high),
-                                    assign_threshold=cfg.assign_threshold), needs=("centers",), batch_size=256)
+                                    assign_threshold=cfg.assign_threshold), needs=("centers", "identity_ids"),
+                batch_size=256)
     steps.cpu("filters", partial(mid.filters, min_side=cfg.min_side_px, collage=cfg.collage_filter))
+    steps.model("text", "text_detection", image="image")
+    steps.model("aesthetic", "aesthetic", image="image")
+    steps.cpu("appearance", partial(mid.appearance, max_text_fraction=cfg.max_text_fraction,
+                                    min_aesthetic=cfg.min_aesthetic))
     steps.cpu("caption_query", partial(mid.caption_query, seed=cfg.seed))
     steps.model("caption_vlm", "vlm", images=["image"], prompt="caption_prompt", output="caption_raw",
                 system=CAPTION_SYSTEM_PROMPT, max_new_tokens=cfg.caption_max_new_tokens)
@@ -132,7 +161,9 @@ def group_plan(cfg: MultiIDConfig, workers: dict | None = None) -> Plan:
     steps.gather("holdout", partial(holdout, cfg=cfg), reads=("identity", "paired"), needs=("previous_held_out",),
                  provides=("held",))
     steps.cpu("split", mid.bench_split, needs=("held", "references"))
-    fields = {"model_face_analysis": cfg.face_analysis.model, "model_vlm": cfg.vlm.model}
+    steps.cpu("reload", partial(mid.reload, **load_args(cfg)))
+    fields = {"model_face_analysis": cfg.face_analysis.model, "model_vlm": cfg.vlm.model,
+              "model_text_detection": cfg.text_detection.model, "model_aesthetic": cfg.aesthetic.model}
     steps.cpu("finalize", partial(mid.finalize, fields=fields), writes=tuple(fields))
     steps.cpu("encode", partial(encode_members, schema=SCHEMA))
     return steps
@@ -152,26 +183,24 @@ def plans(cfg: MultiIDConfig, workers: dict | None = None) -> list[Plan]:
 
 
 def record_split(out: str, held: set[int]) -> None:
-    """dataset.json gets the held-out identities and the train / bench leakage check."""
+    """dataset.json gets the held-out identities and the leakage check over every committed
+    photo, at both thresholds and over every identity a face reaches."""
     d = DatasetDir.open(dataset_uri(out, SCHEMA.name), dataset=SCHEMA.name)
-    manifest = d.read_manifests(columns=["split", "identity"])
+    columns = ["split", "identity_at_040", "identity_at_050", "reached"]
+    manifest = d.read_manifests(columns=columns)
+    lists = {c: [list(x or []) for x in manifest.column(c).to_pylist()] if manifest is not None else []
+             for c in columns[1:]}
     splits = manifest.column("split").to_pylist() if manifest is not None else []
-    ids = [list(x or []) for x in manifest.column("identity").to_pylist()] if manifest is not None else []
     info = d.read_info() or {}
-    info["bench_split"] = dict(leakage_check(splits, ids, held), held_out=sorted(held))
+    info["bench_split"] = dict(leakage_check(splits, lists, held), held_out=sorted(held))
     d.write_bytes_atomic(d.sub("dataset.json"), json.dumps(info, indent=2).encode())
     if not info["bench_split"]["ok"]:
         raise RuntimeError(f"identity leak between train and bench: {info['bench_split']['overlap']}")
 
 
-def paired_sample(r) -> bool:
-    return r.get("paired") is True and not r.get("reject_reason")
-
-
 def main(argv=None, workers: dict | None = None) -> dict:
     """Both plans, checked before Ray starts: the bank and the refs shards, then the group photos
-    in two write passes of one run (paired photos in shards of their own, then unpaired ones and
-    every reject), so dataset.json and the printed summary have one stage table for every photo."""
+    (paired photos in shards of their own) and the split's leakage check."""
     cfg, out = parse_args(__doc__.splitlines()[0], MultiIDConfig, argv)
     bank, groups = [p.check() for p in plans(cfg, workers)]
     with leased(out, [bank.schema.name, groups.schema.name], cfg):
@@ -182,18 +211,16 @@ def main(argv=None, workers: dict | None = None) -> dict:
 
 
 def run_both(cfg: MultiIDConfig, out: str, bank: Plan, groups: Plan) -> dict:
-    refs = bank.apply(source(cfg, bank), out)
+    refs = bank.apply(source(cfg, bank, out), out)
     built = bank.gathered["bank"]
     write_bank(cfg, out, built)
     write(refs, out, bank, cfg)
     previous = (DatasetDir.open(dataset_uri(out, SCHEMA.name), dataset=SCHEMA.name).read_info() or {}).get("bench_split")
-    ds = groups.apply(source(cfg, groups), out, values={
-        "centers": built.centers.astype(np.float32),
+    ds = groups.apply(source(cfg, groups, out), out, values={
+        "centers": built.centers.astype(np.float32), "identity_ids": built.ids,
         "references": {i.identity_id: i.reference_keys for i in built.identities},
         "previous_held_out": previous["held_out"] if previous else None})
-    run_id = uuid.uuid4().hex
-    write(ds.filter(paired_sample), out, groups, cfg, run_id=run_id, summary=False)
-    info = write(ds.filter(lambda r: not paired_sample(r)), out, groups, cfg, run_id=run_id)
+    info = write(ds, out, groups, cfg)
     record_split(out, groups.gathered["held"])
     return info
 

@@ -1,4 +1,4 @@
-"""`subjectforge run|plan|manifest|validate|report`."""
+"""`subjectforge run|plan|manifest|validate|report|forget`."""
 from __future__ import annotations
 
 import argparse
@@ -89,6 +89,46 @@ def cmd_report(args, rest) -> int:
     return 0
 
 
+def cmd_forget(args, rest) -> int:
+    """Identity takedown (schemas/forget.py) under the lease of both MultiID folders, so no run
+    writes them meanwhile. Exit 2 with one line on an unknown id, a photo without a face or a
+    folder that is not a MultiID output; 1 when another run holds a lease."""
+    import json
+
+    from runtime.lease import Lease, LeaseHeld
+    from schemas.forget import GROUPS, REFS, ForgetError, dataset_uri, forget
+    from schemas.store import DatasetDir
+
+    if args.photo and not args.face_model:
+        print("subjectforge forget: --photo needs --face-model (an insightface pack directory)", file=sys.stderr)
+        return 2
+    if not args.identity and not args.photo:
+        print("subjectforge forget: give --identity ID (repeatable) and / or --photo PATH", file=sys.stderr)
+        return 2
+    dirs = [DatasetDir.open(dataset_uri(args.out, name), dataset=name) for name in (REFS, GROUPS)]
+    bank = dirs[1].sub("bank", "bank.parquet")
+    if dirs[1].fs.get_file_info(bank).type.name != "File":
+        print(f"subjectforge forget: {bank} does not exist: --out must be a MultiID output folder", file=sys.stderr)
+        return 2
+    held = []
+    try:
+        for d in dirs:
+            held.append(Lease(d, timeout_s=args.lease_timeout).acquire(force=args.force))
+        summary = forget(args.out, identity_ids=args.identity, photo=args.photo, face_model=args.face_model,
+                         threshold=args.threshold)
+    except LeaseHeld as e:
+        print(f"forget not started: {e}", file=sys.stderr)
+        return 1
+    except ForgetError as e:
+        print(f"subjectforge forget: {e}", file=sys.stderr)
+        return 2
+    finally:
+        for lease in held:
+            lease.release()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="subjectforge", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -110,11 +150,21 @@ def main(argv=None) -> int:
     rp.add_argument("--samples", type=int, default=240, help="at most this many samples (a seeded draw)")
     rp.add_argument("--per-page", type=int, default=24)
     rp.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("forget", help="identity takedown: remove an identity's reference photos, every group photo "
+                                      "a face of which reaches its center, its bank row; keep a tombstone")
+    f.add_argument("dataset", choices=["multiid"])
+    f.add_argument("--out", required=True, help="the pipeline's --out folder (holds multiid/ and multiid_refs/)")
+    f.add_argument("--identity", type=int, action="append", default=[], metavar="ID", help="identity id (repeatable)")
+    f.add_argument("--photo", help="a photo of the person: every bank identity a face of it reaches is forgotten")
+    f.add_argument("--face-model", help="insightface pack directory for --photo")
+    f.add_argument("--threshold", type=float, default=0.4, help="cosine to a center at which a face is the person")
+    f.add_argument("--force", action="store_true", help="take over the leases of a run that is dead")
+    f.add_argument("--lease-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
     args, rest = p.parse_known_args(argv)
     if args.cmd != "run" and rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     return {"run": cmd_run, "plan": cmd_plan, "manifest": cmd_manifest, "validate": cmd_validate,
-            "report": cmd_report}[args.cmd](args, rest)
+            "report": cmd_report, "forget": cmd_forget}[args.cmd](args, rest)
 
 
 if __name__ == "__main__":

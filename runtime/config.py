@@ -26,6 +26,9 @@ class WriteConfig(Strict):
 class RayConfig(Strict):
     address: str | None = Field(None, description="None: RAY_ADDRESS if set (ray job submit), else embedded")
     num_cpus: int | None = Field(None, description="embedded Ray only")
+    data_object_store_bytes: int | None = Field(
+        None, description="Ray Data's streaming budget in the object store (blocks in flight between "
+                          "stages); None: Ray Data's default, a share of the whole store")
 
 
 class ModelSpec(Strict):

@@ -75,6 +75,10 @@ def start_ray(cfg: PipelineConfig) -> None:
         ray.init(address=address)
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    if cfg.ray.data_object_store_bytes:
+        # blocks queue between a fast stage and a slow one up to this budget, whatever the dataset size
+        options = ray.data.DataContext.get_current().execution_options
+        options.resource_limits = options.resource_limits.copy(object_store_memory=cfg.ray.data_object_store_bytes)
     progress_bars()
 
 
@@ -100,7 +104,8 @@ def write(ds, out: str, plan, cfg: PipelineConfig, run_id: str | None = None, su
     schema = plan.schema
     sink = ShardDatasink(dataset_uri(out, schema.name), schema, target_bytes=cfg.write.target_shard_bytes,
                          target_samples=cfg.write.target_shard_samples, config=cfg.model_dump(),
-                         stages=plan.stage_names, run_id=run_id, max_error_fraction=cfg.max_error_fraction)
+                         stages=plan.stage_names, run_id=run_id, max_error_fraction=cfg.max_error_fraction,
+                         shard_by=plan.shard_by)
     try:
         ds.write_datasink(sink)
     except Exception as e:

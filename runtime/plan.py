@@ -110,13 +110,16 @@ class Plan:
     the same name."""
 
     def __init__(self, name: str, cfg, workers: dict, schema: DatasetSchema, source: Iterable[str],
-                 inputs: Iterable[str] = ()):
+                 inputs: Iterable[str] = (), shard_by: str | None = None):
         """source: the columns of the source rows; inputs: values the driver passes to `apply`
-        (e.g. MultiID's bank centers for the group photos) that steps take with `needs`."""
+        (e.g. MultiID's bank centers for the group photos) that steps take with `needs`;
+        shard_by: a manifest column whose values the writer keeps in separate shards."""
         self.name, self.cfg, self.workers, self.schema = name, cfg, workers, schema
+        self.shard_by = shard_by
         self.source, self.inputs = tuple(source), tuple(inputs)
         self.steps: list[Step] = []
         self.gathered: dict = {}  # what the gather steps of the last apply returned
+        self.barriers: dict = {}  # per gather of the last apply: the columns its materialized rows held
         self.checked = False
 
     # building --------------------------------------------------------------------------------
@@ -186,23 +189,47 @@ class Plan:
                 raise PlanError(f"{self.name}: the {self.schema.name} schema requires member {c!r}, which no step writes")
         keep = SchemaColumns.of(self.schema)
         last_use: dict[str, int] = {c: 0 for c in self.source}
+        dead: list[tuple[str, int, int]] = []  # (column, last use, the step that writes it anew)
         for i, s in enumerate(self.steps):
-            for c in s.writes:
-                last_use[c] = max(last_use.get(c, i), i)
             for c in s.reads + s.optional:
                 for known in [k for k in last_use if _matches(k, [c])] or [c]:
                     last_use[known] = i
+            for c in s.writes:
+                if c in last_use and last_use[c] < i and c not in ALWAYS and "*" not in c:
+                    dead.append((c, last_use[c], i))  # written again, unread since: the old value is dead
+                last_use[c] = i
         for s in self.steps:
             s.drop, s.last = (), False
+
+        def drop_after(c: str, i: int, before: int) -> None:
+            target = next((j for j, s in enumerate(self.steps) if j >= i and s.kind not in ("gather", "resume")), None)
+            if target is not None and target < before:
+                self.steps[target].drop += (c,)
+
         for c, i in last_use.items():
             if not keep(c) and c not in ALWAYS:
-                target = next((s for s in self.steps[i:] if s.kind not in ("gather", "resume")), None)
-                if target is not None:
-                    target.drop += (c,)
+                drop_after(c, i, len(self.steps))
+        # A column a later step writes again is dropped in between even when the schema stores
+        # it: MultiID's decoded image does not travel through a gather's barrier, it is decoded
+        # again after it.
+        for c, i, rewrite in dead:
+            drop_after(c, i, rewrite)
         if self.steps and self.steps[-1].kind not in ("gather", "resume"):
             self.steps[-1].last = True  # the final step keeps only what the schema stores
         self.checked = True
         return self
+
+    def columns_at(self, name: str) -> set[str]:
+        """The columns a row has when step `name` runs (after the drops of the steps before it):
+        what a gather's barrier materializes."""
+        if not self.checked:
+            self.check()
+        have = set(ALWAYS) | set(self.source)
+        for s in self.steps:
+            if s.name == name:
+                return have
+            have = (have | set(s.writes)) - set(s.drop)
+        raise PlanError(f"{self.name}: no step {name!r}")
 
     @property
     def stage_names(self) -> list[str]:
@@ -229,13 +256,18 @@ class Plan:
             raise PlanError(f"{self.name}: apply needs the inputs {sorted(missing)}")
         keep = SchemaColumns.of(self.schema)
         refs = {k: ray.put(v) for k, v in values.items()}
-        self.gathered = {}
+        self.gathered, self.barriers = {}, {}
         for s in self.steps:
             if s.kind == "resume":
                 ds, done = drop_committed(ds, out, self.schema.name)
                 log(f"{self.name}: {done} keys already committed")
             elif s.kind == "gather":
                 ds = ds.materialize()
+                # what the barrier holds, for the log and tests: columns a later step writes
+                # again (a decoded image) were dropped before it
+                held = ds.schema()  # None when nothing is left (a rerun of a finished run)
+                self.barriers[s.name] = [c for c in (held.names if held else []) if not c.startswith(TIMING_PREFIX)]
+                log(f"{self.name}: {s.name} holds {ds.count()} rows of {', '.join(self.barriers[s.name])}")
                 got = s.fn(live_rows(ds, s.reads), **{n: values[n] for n in s.needs})
                 if set(got) != set(s.provides):
                     raise PlanError(f"{self.name}: gather {s.name!r} returned {sorted(got)}, not {sorted(s.provides)}")

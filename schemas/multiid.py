@@ -4,7 +4,7 @@ import pyarrow as pa
 
 from schemas.contract import DatasetSchema, Member
 
-SCHEMA_VERSION = 2  # 2: `identity`, the assignment at assign_threshold, is a column
+SCHEMA_VERSION = 3  # 2: `identity`, the assignment at assign_threshold; 3: hashed ids, every face, reached, text
 
 f32, i32, s = pa.float32(), pa.int32(), pa.string()
 
@@ -24,25 +24,31 @@ SCHEMA = DatasetSchema(
         pa.field("boxes", pa.list_(pa.list_(f32))),  # xyxy per face
         pa.field("keypoints", pa.list_(pa.list_(f32))),  # 5 points, x0 y0 ... x4 y4
         pa.field("det_scores", pa.list_(f32)),
-        pa.field("top1_identity", pa.list_(i32)),
-        pa.field("similarity", pa.list_(f32)),  # cosine to the top-1 center
+        pa.field("identifiable", pa.list_(pa.bool_())),  # False: a face under min_face_px (counted, never assigned)
+        pa.field("top1_identity", pa.list_(i32)),  # identity ids: hashes of the identity's name
+        pa.field("similarity", pa.list_(f32)),  # cosine to the top-1 center (null: not identifiable)
         pa.field("margin", pa.list_(f32)),  # top-1 minus top-2 cosine
         pa.field("identity_at_040", pa.list_(i32)),  # -1 = unassigned (section 3: 0.4)
         pa.field("identity_at_050", pa.list_(i32)),  # appendix C: 0.5
         pa.field("assign_threshold", f32),  # which of the two `identity` is
         pa.field("identity", pa.list_(i32)),  # per face, at assign_threshold: what split, report, trainer read
+        pa.field("conflict", pa.list_(pa.bool_())),  # lost its top-1 identity to a more similar face
+        pa.field("reached", pa.list_(i32)),  # every identity some face reaches at the low threshold
         pa.field("n_assigned", i32),
         pa.field("paired", pa.bool_()),
         pa.field("min_side", i32),
         pa.field("aesthetic", f32),
         pa.field("collage", pa.bool_()),
-        pa.field("text", pa.bool_()),
+        pa.field("text", pa.bool_()),  # OCR text over max_text_fraction (a reject)
+        pa.field("text_fraction", f32),  # area of the detected text / image area
         pa.field("caption", s),
         pa.field("caption_prompt_index", i32),  # which of the six prompts of app. I.1
         pa.field("caption_repaired", pa.bool_()),  # cut to 77 words / "This image shows" prefixed
         pa.field("split", s),  # train / bench
         pa.field("model_face_analysis", s),
         pa.field("model_vlm", s),
+        pa.field("model_text_detection", s),
+        pa.field("model_aesthetic", s),
     ),
 )
 

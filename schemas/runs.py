@@ -48,6 +48,7 @@ def record_run(out: DatasetDir, schema: DatasetSchema, run_id: str, started: flo
     else:
         runs = runs + [run]
     info = {
+        **previous,  # what others record here lives on: the bench split, takedowns (schemas/forget.py)
         "dataset": schema.name,
         "schema_version": schema.version,
         "config": to_jsonable(config),

@@ -147,14 +147,15 @@ class ShardDatasink(Datasink):
     full; config: the resolved config stored in dataset.json; stages: stage names in DAG order, for
     the per-stage table; run_id: one pipeline run that writes the dataset in several passes (MultiID
     writes paired, then unpaired photos) passes the same id to each pass's sink, and dataset.json
-    keeps one record of the run, its passes merged (default: a new run).
+    keeps one record of the run, its passes merged (default: a new run); shard_by: a manifest
+    column whose values never share a shard (MultiID's paired and unpaired photos).
     """
 
     def __init__(self, out: str, schema: DatasetSchema, *, target_bytes: int = DEFAULT_TARGET_BYTES,
                  target_samples: int | None = None, config: dict | None = None,
                  stages: list[str] | None = None, filesystem=None, run_id: str | None = None,
-                 max_error_fraction: float = 0.05, min_error_rows: int = 20):
-        self.schema = schema
+                 max_error_fraction: float = 0.05, min_error_rows: int = 20, shard_by: str | None = None):
+        self.schema, self.shard_by = schema, shard_by
         self.run_id = run_id or uuid.uuid4().hex
         self.sink_id = uuid.uuid4().hex[:8]  # names this write's reject files (a run may write in passes)
         self.max_error_fraction, self.min_error_rows = max_error_fraction, min_error_rows
@@ -235,7 +236,11 @@ class ShardDatasink(Datasink):
             except (ValueError, TypeError) as e:  # a value the schema cannot store: a reject
                 reject(row, "write", "encode_failed", f"{type(e).__name__}: {e}")
         del rows
-        for g, group in enumerate(self._pack(encoded)):
+        by_value: dict = defaultdict(list)
+        for item in encoded:
+            by_value[str(item[1].get(self.shard_by)) if self.shard_by else ""].append(item)
+        packed = [group for value in sorted(by_value) for group in self._pack(by_value[value])]
+        for g, group in enumerate(packed):
             name = shard_name(self.schema.name, ray.get(self.registry.shard_index.remote(task, g)))
             shard = _ShardWriter(self.out, name)
             for sample, manifest_row in group:

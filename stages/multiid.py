@@ -15,7 +15,7 @@ from runtime.rows import Reject
 from stages.bench_split import split_of
 from stages.photos import IMAGE_EXTS, IMAGE_REJECTS, MAX_INPUT_BYTES, load_image
 from stages.prompts import CAPTION_PREFIX, caption_prompt, parse_caption
-from stages.retrieval import UNASSIGNED, assign, similarities, top1
+from stages.retrieval import UNASSIGNED, assign, reached, similarities, top1
 
 # --- inputs ------------------------------------------------------------------------------------
 
@@ -55,6 +55,17 @@ def load(row: dict, max_side: int, max_pixels: int | None, min_side: int,
     return row
 
 
+@step(reads=("path",), writes=("image",), rejects=IMAGE_REJECTS)
+def reload(row: dict, max_side: int, max_pixels: int | None, min_side: int,
+           max_bytes: int | None = MAX_INPUT_BYTES) -> dict:
+    """The photo decoded again, after a gather: the gather's barrier holds only the light
+    columns (embeddings, identities), never every decoded image of the dataset. Same decode as
+    `load`, so the same pixels."""
+    row["image"] = load_image(row.get("path"), max_side=max_side, min_side=min_side, max_pixels=max_pixels,
+                              max_bytes=max_bytes)
+    return row
+
+
 # --- faces ---------------------------------------------------------------------------------------
 
 def _usable(row: dict, min_det_score: float, min_face_px: int) -> np.ndarray:
@@ -86,43 +97,64 @@ def one_face(row: dict, min_det_score: float, min_face_px: int) -> dict:
 
 
 @step(reads=("n_faces", "face_boxes", "det_scores", "embeddings", "face_kps"),
-      writes=("embeddings", "boxes", "keypoints", "det_scores", "n_faces"), rejects=("no_face", "face_count", "bad_embedding"))
+      writes=("embeddings", "boxes", "keypoints", "det_scores", "n_faces", "identifiable"),
+      rejects=("no_face", "face_count", "bad_embedding"))
 def group_faces(row: dict, min_faces: int, max_faces: int, min_det_score: float, min_face_px: int) -> dict:
-    """Group photo: keep faces above the score and size floor; min_faces..max_faces of them."""
-    keep = _usable(row, min_det_score, min_face_px) if int(row["n_faces"]) else np.zeros(0, bool)
-    n = int(keep.sum())
+    """Group photo: every face above the detection score is a person, and min_faces..max_faces
+    people it must show. Faces too small to identify (under min_face_px) still count and stay in
+    the record, flagged not `identifiable` (retrieval gives them no identity): a 29-person photo
+    is a face_count reject, not a one-person photo of its largest face."""
+    people = np.asarray(row["det_scores"], np.float32).reshape(-1) >= min_det_score
+    n = int(people.sum())
+    boxes = np.asarray(row["face_boxes"], np.float32).reshape(-1, 4)[people]
+    identifiable = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_face_px
     if not min_faces <= n <= max_faces:
-        raise Reject("no_face" if n == 0 else "face_count", f"{n} faces, want {min_faces}-{max_faces}")
-    row["embeddings"] = _check_embeddings(np.asarray(row["embeddings"], np.float32)[keep])
-    row["boxes"] = np.asarray(row["face_boxes"], np.float32)[keep].tolist()
-    row["keypoints"] = np.asarray(row["face_kps"], np.float32)[keep].reshape(n, 10).tolist()
-    row["det_scores"] = np.asarray(row["det_scores"], np.float32)[keep].tolist()
-    row["n_faces"] = n
+        raise Reject("no_face" if n == 0 else "face_count",
+                     f"{n} faces ({int((~identifiable).sum())} too small to identify), want {min_faces}-{max_faces}")
+    row["embeddings"] = _check_embeddings(np.asarray(row["embeddings"], np.float32)[people])
+    row["boxes"] = boxes.tolist()
+    row["keypoints"] = np.asarray(row["face_kps"], np.float32)[people].reshape(n, 10).tolist()
+    row["det_scores"] = np.asarray(row["det_scores"], np.float32)[people].tolist()
+    row["n_faces"], row["identifiable"] = n, identifiable.tolist()
     return row
 
 
-@step(reads=("embeddings",), writes=("top1_identity", "similarity", "margin", "identity_at_040", "identity_at_050",
-                                   "identity", "assign_threshold", "n_assigned", "paired"))
-def retrieve(rows: list[dict], centers: np.ndarray, thresholds: tuple[float, float],
+@step(reads=("embeddings", "identifiable"),
+      writes=("top1_identity", "similarity", "margin", "identity_at_040", "identity_at_050", "identity",
+              "assign_threshold", "conflict", "reached", "n_assigned", "paired"))
+def retrieve(rows: list[dict], centers: np.ndarray, identity_ids: np.ndarray, thresholds: tuple[float, float],
              assign_threshold: float) -> list[dict]:
     """Every face of the batch against every center in one matrix product; per photo the top-1
-    identity, similarity, margin, and the assignment at both thresholds. `identity` is the one
-    at `assign_threshold` (recorded beside it): the identities of the photo for everything
-    downstream (paired, the bench split, the report, the trainer)."""
+    identity, similarity, margin and the assignment at both thresholds (ids: the bank's hashed
+    identity ids). `identity` is the one at `assign_threshold` (recorded beside it, with the faces
+    that lost a contested identity in `conflict`): the photo's identities for paired / unpaired,
+    the report and the trainer. `reached`: every identity any face, identifiable or not, reaches
+    at the low threshold: what the bench split and a takedown go by."""
     if not rows:
         return rows
-    sim_all = similarities(np.concatenate([r["embeddings"] for r in rows]), centers)
+    ids = np.asarray(identity_ids, np.int64)
+    sim_all = similarities(np.concatenate([np.asarray(r["embeddings"], np.float32).reshape(-1, centers.shape[1])
+                                           for r in rows]), centers)
     start = 0
     for r in rows:
         n = len(r["embeddings"])
         sim = sim_all[start:start + n]
         start += n
+        usable = np.asarray(r["identifiable"], bool).reshape(-1)
         ident, best, margin = top1(sim)
-        r["top1_identity"], r["similarity"], r["margin"] = ident.tolist(), best.tolist(), margin.tolist()
-        low, high = (assign(sim, t).tolist() for t in thresholds)
-        r["identity_at_040"], r["identity_at_050"] = low, high
+        r["top1_identity"] = [int(ids[c]) if u else UNASSIGNED for c, u in zip(ident, usable)]
+        r["similarity"] = [float(v) if u else None for v, u in zip(best, usable)]
+        r["margin"] = [float(v) if u else None for v, u in zip(margin, usable)]
+        masked = np.where(usable[:, None], sim, -np.inf)  # too small to identify: never assigned
+        for t, column in zip(thresholds, ("identity_at_040", "identity_at_050")):
+            cols, conflict = assign(masked, t)
+            r[column] = [int(ids[c]) if c != UNASSIGNED else UNASSIGNED for c in cols]
+            if t == assign_threshold:
+                r["identity"], r["conflict"] = r[column], conflict.tolist()
+        if "identity" not in r:
+            raise ValueError(f"assign_threshold {assign_threshold} is neither of {thresholds}")
         r["assign_threshold"] = assign_threshold
-        r["identity"] = low if assign_threshold == thresholds[0] else high
+        r["reached"] = sorted(int(ids[c]) for c in reached(sim, min(thresholds)))
         r["n_assigned"] = sum(i != UNASSIGNED for i in r["identity"])
         r["paired"] = r["n_assigned"] > 0
     return rows
@@ -140,6 +172,21 @@ def filters(row: dict, min_side: int, collage: bool) -> dict:
         row["collage"], evidence = detect_collage(np.asarray(row["image"]))
         if row["collage"]:
             raise Reject("collage", json.dumps(evidence, default=str)[:500])
+    return row
+
+
+@step(reads=("text_fraction",), optional=("aesthetic",), writes=("text",), rejects=("text", "low_aesthetic"))
+def appearance(row: dict, max_text_fraction: float | None, min_aesthetic: float | None) -> dict:
+    """Appendix C's other gates: watermarks, logos and captions burnt into the photo (OCR text
+    covering more than `max_text_fraction` of it: the paper crops them out "when possible,
+    otherwise the images were discarded"; we discard), and a low aesthetic score."""
+    fraction = float(row["text_fraction"])
+    row["text"] = max_text_fraction is not None and fraction > max_text_fraction
+    if row["text"]:
+        raise Reject("text", f"text covers {fraction:.1%} of the image > {max_text_fraction:.1%}")
+    score = row.get("aesthetic")
+    if min_aesthetic is not None and (score is None or not float(score) >= min_aesthetic):
+        raise Reject("low_aesthetic", f"aesthetic score {score} < {min_aesthetic}")
     return row
 
 
@@ -183,12 +230,13 @@ def bank_verdict(row: dict, verdicts: dict, members: dict) -> dict:
     return row
 
 
-@step(reads=("identity",), writes=("split", "json"))
+@step(reads=("identity", "reached"), writes=("split", "json"))
 def bench_split(row: dict, held: set, references: dict) -> dict:
-    """MultiID-Bench: a photo showing a held-out identity is bench, else train; the json member
-    lists the bank's reference keys of each identity in the photo."""
+    """MultiID-Bench: a photo in which any face reaches a held-out identity at the low threshold
+    (assigned or not, paired photo or not) is bench, else train; the json member lists the bank's
+    reference keys of each identity assigned in the photo."""
     ids = [int(i) for i in row["identity"]]
-    row["split"] = split_of(ids, held)
+    row["split"] = split_of([int(i) for i in row["reached"]], held)
     # a JSON string: Ray would turn a dict into a struct whose fields are every row's identities
     row["json"] = json.dumps({"reference_keys": {str(i): references.get(i, []) for i in ids if i >= 0}})
     return row

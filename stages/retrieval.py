@@ -1,15 +1,14 @@
 """Faces of a group photo matched to the reference bank (WithAnyone, seed 002, section 3 and
-appendix C): one matrix product against every center, then an optimal one-to-one assignment.
+appendix C): one matrix product against every center, then per face the top-1 center above the
+threshold.
 
 Section 3 assigns at cosine 0.4, appendix C at 0.5; both assignments are recorded and the config
-picks the one that decides paired / unpaired. An identity appears at most once in a photo, so the
-assignment is scipy's linear_sum_assignment on the similarity matrix (maximising total similarity),
-not an independent top-1 per face: two faces close to one center cannot both get it.
+picks the one that decides paired / unpaired. Functions here work on columns of the similarity
+matrix; the caller maps a column to its identity id (the bank's `ids`).
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 UNASSIGNED = -1
 
@@ -38,22 +37,30 @@ def top1(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ident, best.astype(np.float32), (best - second).astype(np.float32)
 
 
-def assign(sim: np.ndarray, threshold: float) -> np.ndarray:
-    """Identity per face (UNASSIGNED below `threshold`), each identity at most once per photo.
-    Pairs under the threshold are excluded before the assignment, so a weak pair never takes an
-    identity that a face above the threshold could have had."""
+def assign(sim: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Appendix C: each face takes the center with the highest similarity, provided it reaches
+    `threshold`. An identity appears at most once in a photo: when faces claim the same one, the
+    most similar face keeps it and the others stay unassigned (not moved to their second best,
+    which the paper's rule never gives them). Returns (column of `sim` per face or UNASSIGNED,
+    conflict per face: lost its top-1 to another face)."""
     n, k = sim.shape
     out = np.full(n, UNASSIGNED, np.int64)
+    conflict = np.zeros(n, bool)
     if n == 0 or k == 0:
-        return out
-    eligible = sim >= threshold
-    cols = np.flatnonzero(eligible.any(axis=0))  # only identities some face reaches
-    if len(cols) == 0:
-        return out
-    # maximise the similarity of eligible pairs; ineligible ones cost more than any eligible gain
-    weights = np.where(eligible[:, cols], sim[:, cols], -(n + 1.0) * 2)
-    rows, picked = linear_sum_assignment(weights, maximize=True)
-    for r, c in zip(rows, picked):
-        if eligible[r, cols[c]]:
-            out[r] = cols[c]
-    return out
+        return out, conflict
+    best = sim.argmax(axis=1)
+    score = sim[np.arange(n), best]
+    for f in np.argsort(-score, kind="stable"):  # most similar first: it keeps a contested identity
+        if score[f] < threshold:
+            break
+        if best[f] in out:
+            conflict[f] = True
+        else:
+            out[f] = best[f]
+    return out, conflict
+
+
+def reached(sim: np.ndarray, threshold: float) -> np.ndarray:
+    """The columns of `sim` that some face reaches at `threshold` or above, top-1 or not: who
+    might be in the photo, which is what a leakage-free split and a takedown must go by."""
+    return np.flatnonzero((sim >= threshold).any(axis=0)) if sim.size else np.zeros(0, np.int64)

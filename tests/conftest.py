@@ -108,5 +108,14 @@ def iapo_tiny(ray_local, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def multiid_world(ray_local, tmp_path_factory):
+    """The pipeline on the shared faces with bad inputs and a scripted VLM (tests/multiid_world.py):
+    (dataset.json info, OUT, the singles' labels, the faces folder)."""
+    from tests.multiid_world import build_world
+
+    return build_world(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def multiid_tiny(ray_local, tmp_path_factory):
     return run_tiny("multiid", tmp_path_factory)

@@ -7,24 +7,31 @@ Every dataset becomes the same few fields, at one square `size` so a batch stack
   reference, weight_w / weight_l = eq. 1 maps on the token grid.
 - UPER (sft): prompt, ref = ref_clean, target.
 - MultiID (sft, id): prompt = caption, target = the group photo, ref = a reference photo of its
-  first identity (from OUT/multiid_refs), faces' 5-point landmarks and ArcFace embeddings, and the
-  identity ids for the contrastive negatives.
+  first identity (from OUT/multiid_refs, read on demand), faces' 5-point landmarks and ArcFace
+  embeddings, and the identity ids for the contrastive negatives. Only the train split by default.
 
 A sample that cannot be used (a member missing, a mask whose size is not its image's) is skipped
 and counted by reason; training goes on.
 """
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import posixpath
+import tarfile
 from collections import Counter
 
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 from PIL import Image
 
 from schemas.contract import decode_member
+from schemas.multiid import REFS_SCHEMA
 from schemas.reader import load_manifest, read_samples
 from schemas.registry import get_schema
+from schemas.store import DatasetDir
 
 log = logging.getLogger("subjectforge.train")
 TOKEN_PX = 16  # FLUX: VAE / 8, then 2 x 2 latents per token
@@ -96,12 +103,13 @@ def uper_example(s: dict, size: int) -> dict:
     return {"prompt": s["json"]["prompt"], "ref": square(ref, size), "target": square(target, size)}
 
 
-def multiid_example(s: dict, size: int, references: dict) -> dict:
+def multiid_example(s: dict, size: int, references: "References") -> dict:
     image, embeddings = need(s, "image", "embeddings")
     meta = s["json"]
     ids = [int(i) for i in meta.get("identity") or []]  # the assignment the split was built from
     keys = [k for i in ids if i >= 0 for k in meta.get("reference_keys", {}).get(str(i), [])]
-    ref = next((references[k] for k in keys if k in references), None)
+    # the first key that resolves: the rest are never read
+    ref = next((r for r in map(references.get, keys) if r is not None), None)
     if ref is None:
         raise BadSample("no_reference", f"identities {ids}")
     kps = np.asarray(meta["keypoints"], np.float32).reshape(-1, 5, 2)
@@ -119,25 +127,116 @@ def multiid_example(s: dict, size: int, references: dict) -> dict:
 EXAMPLES = {"dip": dip_example, "iapo": iapo_example, "uper": uper_example, "multiid": multiid_example}
 
 
-def reference_images(refs_dir: str) -> dict:
-    """MultiID reference photos by key (OUT/multiid_refs), held in memory for the run."""
-    return {s["key"]: s["image"] for s in read_samples(refs_dir, dataset="multiid_refs", split_by_node=False,
-                                                       split_by_worker=False)}
+class References:
+    """MultiID reference photos by key (OUT/multiid_refs), read when an example needs one: at 1M
+    references the images do not fit in memory, their manifest (key -> shard) does.
+
+    A shard's member offsets are learnt once, the first time one of its keys is asked for, from its
+    tar headers alone (tarfile seeks over the data); an image is then one ranged read, local or on
+    an object store. Decoded images stay in an LRU cache of `cache_size`."""
+
+    def __init__(self, refs_dir: str, cache_size: int = 512, filesystem=None):
+        self.dir = DatasetDir.open(refs_dir, dataset=REFS_SCHEMA.name, filesystem=filesystem)
+        table = self.dir.read_manifests(columns=["key", "shard"])
+        rows = table.to_pydict() if table is not None else {"key": [], "shard": []}
+        keys = np.array([k.encode() for k in rows["key"]], dtype="S")
+        shards = np.array(rows["shard"], dtype=str)
+        # sorted fixed-width bytes and int arrays rather than dicts of str: ~50 bytes a reference, not ~200
+        order = np.argsort(keys, kind="stable")
+        self.keys = keys[order]
+        self.shard_names, codes = np.unique(shards, return_inverse=True)
+        self.shard = codes.reshape(-1)[order]
+        self.offset = np.full(len(keys), -1, np.int64)  # -1: not in its tar (or its shard not indexed yet)
+        self.size = np.zeros(len(keys), np.int64)
+        self.indexed: set[int] = set()
+        self.member = REFS_SCHEMA.member_for("image")
+        self.decodes = 0
+        self.get = functools.lru_cache(maxsize=cache_size)(self._load)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _find(self, key: str) -> int | None:
+        k = key.encode()
+        i = int(np.searchsorted(self.keys, k))
+        return i if i < len(self.keys) and self.keys[i] == k else None
+
+    def _index(self, code: int) -> None:
+        """Offsets of the shard's image members, from its headers."""
+        path = self.dir.shard_path(str(self.shard_names[code]))
+        suffix = f".{self.member.name}.{self.member.ext}"
+        with self.dir.fs.open_input_file(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for m in tar:
+                if m.isfile() and m.name.endswith(suffix):
+                    i = self._find(m.name[: -len(suffix)])
+                    if i is not None and self.shard[i] == code:
+                        self.offset[i], self.size[i] = m.offset_data, m.size
+        self.indexed.add(code)
+
+    def _load(self, key: str) -> np.ndarray | None:
+        """The decoded image of `key`; None when the manifest or its shard has no such image."""
+        i = self._find(key)
+        if i is None:
+            return None
+        code = int(self.shard[i])
+        if code not in self.indexed:
+            self._index(code)
+        if self.offset[i] < 0:
+            return None
+        with self.dir.fs.open_input_file(self.dir.shard_path(str(self.shard_names[code]))) as f:
+            data = f.read_at(int(self.size[i]), int(self.offset[i]))
+        self.decodes += 1
+        image = decode_member(self.member, data)
+        image.setflags(write=False)  # shared by every example that hits the cache
+        return image
 
 
-def examples(dataset_dir: str, size: int, *, manifest_query: str | None = None, shuffle: int = 0,
-             seed: int = 0, resampled: bool = True, skipped: Counter | None = None):
-    """Endless (resampled) stream of examples from one dataset directory; `manifest_query` is a
-    pandas query on its manifest (e.g. "category == 'animal'", "rating >= 4")."""
-    dataset = posixpath.basename(dataset_dir.rstrip("/"))
-    make = EXAMPLES[dataset]
-    extra = {}
-    if dataset == "multiid":
-        extra["references"] = reference_images(posixpath.join(posixpath.dirname(dataset_dir.rstrip("/")),
-                                                              "multiid_refs"))
+def select(dataset_dir: str, manifest_query: str | None = None, split: str | None = "train") -> tuple[pd.DataFrame, dict]:
+    """The manifest rows a run reads, and what was selected: `split` applies to datasets whose
+    manifest has a split column (MultiID: "train" keeps MultiID-Bench's photos out of training;
+    None: every row), combined with the pandas `manifest_query`."""
     manifest = load_manifest(dataset_dir)
+    applied = split if split is not None and "split" in manifest.columns else None
+    if applied is not None:
+        manifest = manifest[manifest["split"] == applied]
     if manifest_query:
         manifest = manifest.query(manifest_query)
+    if manifest.empty:
+        raise ValueError(f"{dataset_dir}: no manifest rows with split={applied!r}, manifest_query={manifest_query!r}")
+    return manifest, {"split": applied, "manifest_rows": len(manifest)}
+
+
+def negative_pool(multiid_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """(identity ids, centers) the ID contrastive loss draws negatives from: bank/centers.npy row i
+    is the identity of bank/bank.parquet row i (ids are hashes, not positions), without the
+    held-out identities of MultiID-Bench (dataset.json), which training must never see."""
+    d = DatasetDir.open(multiid_dir, dataset="multiid")
+    ids = pq.read_table(d.sub("bank", "bank.parquet"), filesystem=d.fs, columns=["identity_id"])["identity_id"]
+    ids = ids.to_numpy().astype(np.int64)
+    with d.fs.open_input_file(d.sub("bank", "centers.npy")) as f:
+        centers = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    if len(centers) != len(ids):
+        raise ValueError(f"{multiid_dir}: centers.npy has {len(centers)} rows, bank.parquet {len(ids)}")
+    held = ((d.read_info() or {}).get("bench_split") or {}).get("held_out") or []
+    keep = ~np.isin(ids, np.asarray(held, np.int64))
+    return ids[keep], centers[keep]
+
+
+def examples(dataset_dir: str, size: int, *, manifest_query: str | None = None, split: str | None = "train",
+             shuffle: int = 0, seed: int = 0, resampled: bool = True, skipped: Counter | None = None,
+             selected: dict | None = None, reference_cache: int = 512):
+    """Endless (resampled) stream of examples from one dataset directory, over the rows `select`
+    picks; `manifest_query` is a pandas query on its manifest (e.g. "category == 'animal'",
+    "rating >= 4"). `selected` is filled with select's record of what was read."""
+    dataset = posixpath.basename(dataset_dir.rstrip("/"))
+    make = EXAMPLES[dataset]
+    manifest, info = select(dataset_dir, manifest_query, split)
+    if selected is not None:
+        selected.update(info)
+    extra = {}
+    if dataset == "multiid":
+        extra["references"] = References(posixpath.join(posixpath.dirname(dataset_dir.rstrip("/")), "multiid_refs"),
+                                         cache_size=reference_cache)
     skipped = Counter() if skipped is None else skipped
     schema = get_schema(dataset)
     for raw in read_samples(dataset_dir, dataset=dataset, manifest=manifest, shuffle=shuffle, seed=seed,

@@ -17,7 +17,7 @@ import torch
 
 from configs import TrainConfig
 from trainer import objectives as obj
-from trainer.data import collate, examples
+from trainer.data import collate, examples, negative_pool
 from trainer.model import SubjectFlux, to_tensor
 
 # the dataset each objective reads
@@ -25,9 +25,10 @@ OBJECTIVES = {"sft": ("uper", "multiid"), "dpo": ("dip", "iapo"), "focus_dpo": (
               "id": ("multiid",), "refl": ("uper",)}
 
 
-def batches(cfg: TrainConfig, rank: int = 0, skipped: Counter | None = None):
-    stream = examples(cfg.data, cfg.resolution, manifest_query=cfg.manifest_query, shuffle=64 if not cfg.overfit else 0,
-                      seed=cfg.seed + rank, skipped=skipped)
+def batches(cfg: TrainConfig, rank: int = 0, skipped: Counter | None = None, selected: dict | None = None):
+    stream = examples(cfg.data, cfg.resolution, manifest_query=cfg.manifest_query, split=cfg.split,
+                      shuffle=64 if not cfg.overfit else 0, seed=cfg.seed + rank, skipped=skipped, selected=selected,
+                      reference_cache=cfg.reference_cache)
     while True:
         items = [next(stream) for _ in range(cfg.batch_size)]
         yield collate(items)
@@ -37,8 +38,9 @@ class Losses:
     """One objective's loss on a batch: flow matching (x_t = (1 - t) x0 + t noise, v = noise - x0)
     with a shared noise and t for a preference pair's two images (Diffusion-DPO)."""
 
-    def __init__(self, model: SubjectFlux, cfg: TrainConfig, bank: np.ndarray | None = None, face_encoder=None,
-                 rewards: dict | None = None):
+    def __init__(self, model: SubjectFlux, cfg: TrainConfig, bank: tuple[np.ndarray, np.ndarray] | None = None,
+                 face_encoder=None, rewards: dict | None = None):
+        """bank: (identity ids, centers) of the negative pool (trainer.data.negative_pool)."""
         self.model, self.cfg, self.bank, self.face_encoder, self.rewards = model, cfg, bank, face_encoder, rewards
 
     def __call__(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -143,10 +145,12 @@ class Losses:
         return -composite.mean(), {f"reward_{k}": v.detach().mean() for k, v in rewards.items()}
 
     def _negatives(self, identities, generator: torch.Generator) -> torch.Tensor:
-        """id_negatives bank centers drawn at random, the sample's own identities excluded."""
-        keep = np.setdiff1d(np.arange(len(self.bank)), [i for i in identities if i >= 0])
+        """id_negatives bank centers drawn at random, the sample's own identities excluded (by id:
+        ids are hashes, not rows of the bank)."""
+        ids, centers = self.bank
+        keep = np.flatnonzero(~np.isin(ids, [i for i in identities if i >= 0]))
         pick = keep[torch.randperm(len(keep), generator=generator)[: self.cfg.id_negatives].numpy()]
-        return torch.as_tensor(self.bank[pick])
+        return torch.as_tensor(centers[pick])
 
 
 def train(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1) -> dict:
@@ -169,7 +173,7 @@ def fit(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1) -> tuple[Subj
         import ray.train.torch
 
         model.transformer = ray.train.torch.prepare_model(model.transformer)
-    bank = np.load(Path(cfg.data).parent / "multiid" / "bank" / "centers.npy") if cfg.objective == "id" else None
+    bank = negative_pool(cfg.data) if cfg.objective == "id" else None  # id trains on multiid only
     face_encoder = torch.jit.load(cfg.face_encoder, map_location=device).eval() if cfg.objective == "id" else None
     rewards = None
     if cfg.objective == "refl":
@@ -180,8 +184,8 @@ def fit(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1) -> tuple[Subj
     losses = Losses(model, cfg, bank, face_encoder, rewards)
     params = model.lora_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    skipped = Counter()
-    stream = batches(cfg, rank, skipped)
+    skipped, selected = Counter(), {}
+    stream = batches(cfg, rank, skipped, selected)
     fixed = next(stream)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +216,7 @@ def fit(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1) -> tuple[Subj
             model.save_lora(out_dir / f"checkpoint-{step:06d}")
     last = fixed_loss()
     summary = {"steps": cfg.steps, "objective": cfg.objective, "data": cfg.data, "fixed_batch_loss_first": first,
-               "fixed_batch_loss_last": last, "skipped": dict(skipped)}
+               "fixed_batch_loss_last": last, "skipped": dict(skipped), **selected}
     if rank == 0:
         model.save_lora(out_dir / "lora")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))

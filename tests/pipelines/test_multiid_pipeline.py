@@ -3,7 +3,6 @@ embedder): the bank, the group photos, the split, bad inputs; captions from the 
 (the issue's command) and from a scripted VLM double (to pin the caption rules)."""
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -11,104 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from PIL import Image
 
-from tests.conftest import ROOT, assets_or_skip
-from tests.dip_doubles import plan_args, wired_like
+from tests.conftest import ROOT
 from tests.helpers import tar_members
-from workers.base import Worker
-from workers.face_analysis import FaceAnalysis
-from workers.vlm import VLM
+from tests.multiid_world import LONG_77, CaptionVLM, NaNFaces
 
-LONG = "This image shows " + " ".join(["a"] * 90)
-LONG_77 = " ".join(LONG.split()[:77])
-
-
-class CaptionVLM(Worker):
-    """Answers by the photo's size: chatter around a good caption, an 80-word caption, a caption
-    without the opening, or nothing usable."""
-
-    role, columns, rejects, arguments = wired_like(VLM)
-
-    def __init__(self, model, *, images=("image",), prompt="prompt", output="answer", **common):
-        super().__init__(model, **plan_args(common))
-        self.image, self.prompt, self.output = images[0], prompt, output
-
-    def check(self, row):
-        return {"w": np.asarray(row[self.image]).shape[1], "prompt": row[self.prompt]}
-
-    def predict(self, inputs):
-        out = []
-        for x in inputs:
-            answer = {0: "Sure! Here is the caption:\nThis image shows two men in suits shaking hands.",
-                      1: LONG, 2: "Two people smile at a party.", 3: "I'm sorry, I cannot help with that."}[x["w"] % 4]
-            out.append({self.output: answer})
-        return out
-
-
-class NaNFaces(FaceAnalysis):
-    """The real face model, with a NaN embedding for inputs whose path says so."""
-
-    def check(self, row):
-        return dict(super().check(row), nan="nan_embedding" in str(row.get("source")))  # the path, as load records it
-
-    def predict(self, inputs):
-        out = super().predict(inputs)
-        for x, o in zip(inputs, out):
-            if x["nan"]:
-                o["embeddings"] = np.full_like(o["embeddings"], np.nan)
-        return out
-
-
-def config(assets: Path, tmp: Path, **overrides) -> Path:
-    cfg = yaml.safe_load((ROOT / "configs" / "multiid.tiny.yaml").read_text())
-    cfg["singles"] = str(assets / "images/faces/singles")
-    cfg["groups"] = str(assets / "images/faces/groups")
-    cfg["face_analysis"]["model"] = str(assets / "models/insightface_pack")
-    cfg["vlm"]["model"] = str(ROOT / cfg["vlm"]["model"])
-    cfg.update(overrides)
-    path = tmp / "multiid.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-@pytest.fixture(scope="module")
-def world(ray_local, tmp_path_factory):
-    """Singles listed in a CSV with bad inputs added; group photos captioned by CaptionVLM."""
-    from pipelines import multiid
-
-    assets = assets_or_skip()
-    tmp = tmp_path_factory.mktemp("multiid")
-    faces = assets / "images/faces"
-    rows = list(csv.DictReader((faces / "labels.csv").open()))
-    singles = [{"path": str(faces / r["path"]), "identity": r["identity"]} for r in rows]
-    (tmp / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    Image.new("RGB", (8, 8)).save(tmp / "tiny.jpg")
-    Image.new("L", (5000, 5000)).save(tmp / "bomb.png")  # 25 Mpx of zeros: a small file
-    shutil.copy(faces / rows[0]["path"], tmp / "nan_embedding.jpg")
-    object_photo = sorted((assets / "images/dreambench").glob("*/*.jpg"))[0]
-    singles += [
-        {"path": str(tmp / "corrupt.jpg"), "identity": "obama"},
-        {"path": str(tmp / "tiny.jpg"), "identity": "obama"},
-        {"path": str(tmp / "bomb.png"), "identity": "obama"},
-        {"path": str(tmp / "nan_embedding.jpg"), "identity": "obama"},
-        {"path": str(object_photo), "identity": "obama"},  # no face
-        {"path": str(faces / "groups/two_people.jpg"), "identity": "obama"},  # two faces
-        {"path": str(faces / "singles/obama/obama.jpg"), "identity": "lonely"},  # one photo only
-    ]
-    listing = tmp / "singles.csv"
-    pd.DataFrame(singles).to_csv(listing, index=False)
-    path = config(assets, tmp, singles=str(listing), max_image_pixels=20_000_000, write_names=True,
-                  holdout_count=1)
-    out = tmp / "out"
-    info = multiid.main(["--config", str(path), "--out", str(out)],
-                        workers={"vlm": CaptionVLM, "face_analysis": NaNFaces})
-    return info, out, rows, faces
-
-
-def test_bank_has_the_twelve_identities(world):
-    _, out, rows, _ = world
+def test_bank_has_the_twelve_identities(multiid_world):
+    _, out, rows, _ = multiid_world
     bank = pd.read_parquet(out / "multiid/bank/bank.parquet")
     names = {int(k): v for k, v in json.loads((out / "multiid/bank/names.json").read_text()).items()}
     assert sorted(names.values()) == sorted({r["identity"] for r in rows}) and len(bank) == 12
@@ -122,10 +30,10 @@ def test_bank_has_the_twelve_identities(world):
     assert sorted(bank.n_refs) == sorted(pd.Series([r["identity"] for r in rows]).value_counts())
 
 
-def test_bad_singles_are_rejects_with_reasons(world):
+def test_bad_singles_are_rejects_with_reasons(multiid_world):
     from schemas import load_rejects, validate
 
-    _, out, _, _ = world
+    _, out, _, _ = multiid_world
     assert validate(str(out / "multiid_refs")).ok
     rej = load_rejects(str(out / "multiid_refs"))
     reason = {Path(p).name: r for p, r in zip(rej["input"], rej["reason"])}
@@ -136,10 +44,10 @@ def test_bad_singles_are_rejects_with_reasons(world):
     assert len(rej) == 7
 
 
-def test_group_photos_identities_captions_split(world):
+def test_group_photos_identities_captions_split(multiid_world):
     from schemas import load_manifest, load_rejects, validate
 
-    info, out, _, faces = world
+    info, out, _, faces = multiid_world
     assert validate(str(out / "multiid")).ok
     names = {int(k): v for k, v in json.loads((out / "multiid/bank/names.json").read_text()).items()}
     m = load_manifest(str(out / "multiid"))
@@ -154,25 +62,34 @@ def test_group_photos_identities_captions_split(world):
             assert sorted(names[i] for i in getattr(r, column) if i >= 0) == sorted(groups[photo]["known"])
         assert r.n_faces == groups[photo]["faces"] and r.paired == bool(groups[photo]["known"])
         assert len(r.similarity) == len(r.margin) == r.n_faces
-    assert {p.split("/")[-1] for p in seen} | {Path(p).name for p in rej["input"]} == {Path(p).name for p in groups}
+    inputs = {Path(p).name for p in groups} | {"crowd.jpg", "meme.jpg"}
+    assert {p.split("/")[-1] for p in seen} | {Path(p).name for p in rej["input"]} == inputs
+    assert len(seen) + len(rej) == len(inputs)
     # captions: chatter removed, 77 words at most, "This image shows" added, a refusal rejected
     for r in m.itertuples():
         assert r.caption in (LONG_77, "This image shows two men in suits shaking hands.",
                              "This image shows two people smile at a party.")
         assert r.caption_repaired == (r.caption != "This image shows two men in suits shaking hands.")
     reasons = {Path(p).name: r for p, r in zip(rej["input"], rej["reason"])}
+    details = {Path(p).name: d for p, d in zip(rej["input"], rej["detail"])}
     assert reasons.pop("two_people.jpg") == "collage"  # it is two portraits side by side
+    # every face counts: 24 people (4 of them large enough to identify) is no 1-5 person photo
+    assert reasons.pop("crowd.jpg") == "face_count" and details["crowd.jpg"] == "24 faces (20 too small to identify), want 1-6"
+    assert reasons.pop("meme.jpg") == "text"  # OCR (PP-OCRv4): a caption burnt into the photo
     assert set(reasons.values()) <= {"refusal"}
     # the split: held-out identities only in bench photos, recorded in dataset.json
     split = json.loads((out / "multiid/dataset.json").read_text())["bench_split"]
-    assert split["ok"] and split["overlap"] == [] and len(split["held_out"]) == 1
+    assert split["ok"] and split["overlap"] == {} and len(split["held_out"]) == 1
+    assert split["checked"] == ["identity_at_040", "identity_at_050", "reached"]
     held = set(split["held_out"])
-    for r in m.itertuples():
-        assert r.split == ("bench" if held & set(r.identity) else "train")
-    # the two write passes (paired, then the rest) are one run in dataset.json, counting every photo
-    assert len(info["runs"]) == 1 and info["runs"][0]["passes"] == 2
+    for r in m.itertuples():  # bench: any face reaches a held-out identity at 0.4, assigned or not
+        assert r.split == ("bench" if held & set(r.reached) else "train")
+        assert set(r.identity_at_040) - {-1} <= set(r.reached)
+    assert set(m.split) == {"train", "bench"}
+    # one write, paired and unpaired photos in shards of their own; every photo counted
+    assert len(info["runs"]) == 1 and info["runs"][0]["passes"] == 1
     stages = {st["stage"]: st for st in info["runs"][0]["stages"]}
-    assert stages["load"]["rows_in"] == len(groups)
+    assert stages["load"]["rows_in"] == len(inputs)
     assert sum(sum(st["rejected"].values()) for st in stages.values()) == len(rej)
     assert info["runs"][0]["samples_written"] == len(m) and sorted(info["runs"][0]["shards_written"]) == sorted(set(m.shard))
     # paired photos sit in shards of their own
@@ -186,15 +103,80 @@ def test_group_photos_identities_captions_split(world):
         assert set(keys) == set(refs[refs.identity_id == int(ident)].key)
 
 
-def test_rerun_does_no_work(world, ray_local):
+def test_rerun_does_no_work(multiid_world, ray_local):
     from pipelines import multiid
 
-    info, out, _, _ = world
+    info, out, _, _ = multiid_world
     again = multiid.main(["--config", str(out.parent / "multiid.yaml"), "--out", str(out)],
                          workers={"vlm": CaptionVLM, "face_analysis": NaNFaces})
-    assert again["runs"][-1]["samples_written"] == 0 and again["runs"][-1]["passes"] == 2
+    assert again["runs"][-1]["samples_written"] == 0 and again["runs"][-1]["passes"] == 1
     assert len(again["runs"]) == 2  # a new run, its own record
     assert again["counts"]["samples"] == info["counts"]["samples"]
+
+
+def carries(out: Path, ident: int) -> list[str]:
+    """Where identity `ident` still appears: manifest rows, tar json members, bank rows, center
+    rows, names, trainer examples (every split)."""
+    from schemas import load_manifest
+    from trainer.data import examples
+
+    found = []
+    m = load_manifest(str(out / "multiid"))
+    for column in ("identity", "identity_at_040", "identity_at_050", "reached", "top1_identity"):
+        found += [f"multiid manifest {column}" for v in m[column] if ident in list(v)]
+    refs = load_manifest(str(out / "multiid_refs"))
+    found += ["multiid_refs manifest"] * int((refs.identity_id == ident).sum())
+    for name in ("multiid", "multiid_refs"):
+        for key, members in tar_members(out / name).items():
+            meta = json.loads(members["json.json"])
+            if meta.get("identity_id") == ident or ident in meta.get("reached", []) or \
+                    str(ident) in meta.get("reference_keys", {}):
+                found.append(f"{name} tar {key}")
+    bank = pd.read_parquet(out / "multiid/bank/bank.parquet")
+    found += ["bank.parquet"] * int((bank.identity_id == ident).sum())
+    if len(np.load(out / "multiid/bank/centers.npy")) != len(bank):
+        found.append("centers.npy rows")
+    if str(ident) in json.loads((out / "multiid/bank/names.json").read_text()):
+        found.append("names.json")
+    stream = examples(str(out / "multiid"), 64, split=None, resampled=False)
+    found += ["trainer example"] * sum(ident in ex["identities"] for ex in stream)
+    return found
+
+
+def test_forget_an_identity_and_a_rerun_does_not_bring_it_back(multiid_world, ray_local, tmp_path):
+    """`subjectforge forget multiid --identity ID` on a copy of the output: no manifest row, tar
+    member, bank row or trainer example carries the identity; both datasets validate; a rerun of
+    the pipeline on the same inputs does not bring it back."""
+    import subprocess
+    import sys
+
+    from pipelines import multiid
+    from schemas import load_manifest, validate
+
+    _, out, _, _ = multiid_world
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    names = {v: int(k) for k, v in json.loads((copy / "multiid/bank/names.json").read_text()).items()}
+    obama = names["obama"]
+    before = load_manifest(str(copy / "multiid"))
+    assert carries(copy, obama)  # he is in the bank, the references and a group photo
+    run = subprocess.run([sys.executable, "-m", "runtime.cli", "forget", "multiid", "--out", str(copy),
+                          "--identity", str(obama)], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert carries(copy, obama) == []
+    for name in ("multiid", "multiid_refs"):
+        report = validate(str(copy / name))
+        assert report.ok, report.problems[:3]
+    after = load_manifest(str(copy / "multiid"))
+    gone = set(before.key) - set(after.key)
+    assert gone == {k for k, r in zip(before.key, before.reached) if obama in list(r)} and gone
+    info = json.loads((copy / "multiid/dataset.json").read_text())
+    assert info["takedowns"][-1]["identity_ids"] == [obama]
+    multiid.main(["--config", str(out.parent / "multiid.yaml"), "--out", str(copy)],
+                 workers={"vlm": CaptionVLM, "face_analysis": NaNFaces})
+    assert carries(copy, obama) == []
+    assert set(load_manifest(str(copy / "multiid")).key) == set(after.key)  # nothing came back, nothing lost
+    assert json.loads((copy / "multiid/dataset.json").read_text())["takedowns"][-1]["identity_ids"] == [obama]
 
 
 def test_tiny_profile_command(multiid_tiny):

@@ -188,3 +188,55 @@ def test_batch_steps_take_gathered_values_and_reject_per_row():
     assert seen == {"k1": 3, "k2": 6}  # factor = 0 + 1 + 2, gathered before the batch step ran; k0 rejected
     assert out["k0"]["reject_reason"] == "zero" and out["k2"]["time_scale"] >= 0
     assert "scaled" not in out["k1"]  # a temporary: dropped after its last reader
+
+
+IMAGES = DatasetSchema("t", 1, (Member("image", "npy", "array"), Member("json", "json", "json")), ())
+
+
+@step(reads=("a",), writes=("image",))
+def decode(row):
+    return dict(row, image=[float(row["a"])] * 1000)  # stands for a decoded photo
+
+
+@step(reads=("image",), writes=("size",))
+def measure(row):
+    return dict(row, size=len(row["image"]))
+
+
+def image_plan() -> Plan:
+    """decode -> measure -> a gather -> decode again -> the schema's image member."""
+    p = Plan("t", SyntheticConfig(), {}, IMAGES, source=("a",))
+    p.cpu("decode", decode)
+    p.cpu("measure", measure)
+    p.gather("total", lambda rows: {"total": sum(r["size"] for r in rows)}, reads=("size",), provides=("total",))
+    p.cpu("reload", decode)
+    p.cpu("done", step(reads=("image",))(lambda row: row))
+    return p.check()
+
+
+def test_a_column_written_again_later_does_not_cross_a_gather(ray_local):
+    """The schema stores `image`, but `reload` writes it again after the gather: the decoded value
+    is dropped after its last reader before the barrier, so the barrier never holds every image."""
+    p = image_plan()
+    assert {s.name: s.drop for s in p.steps}["measure"] == ("image",)
+    import ray
+
+    ds = p.apply(ray.data.from_items([{"key": f"k{a}", "input": "", "a": a} for a in range(20)]), "unused")
+    assert "image" not in p.barriers["total"] and "size" in p.barriers["total"]
+    assert p.gathered["total"] == 20_000
+    rows = ds.take_all()
+    assert len(rows) == 20 and all(len(r["image"]) == 1000 for r in rows)
+
+
+def test_multiid_barriers_hold_no_image():
+    """Both MultiID gathers materialize every row: the decoded photo must not be among their
+    columns (it is decoded again after them), the light columns they read must."""
+    from configs.multiid import MultiIDConfig
+    from pipelines.multiid import plans
+
+    bank, groups = plans(load_config(MultiIDConfig, ROOT / "configs" / "multiid.gpu.yaml"))
+    held = bank.columns_at("cluster")
+    assert "image" not in held and {"key", "identity", "embedding"} <= held
+    held = groups.columns_at("holdout")
+    assert "image" not in held and "caption_raw" not in held and {"identity", "paired", "reached", "embeddings"} <= held
+    assert "image" in groups.columns_at("finalize")  # decoded again for the shard
