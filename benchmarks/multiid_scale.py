@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from workers.base import Worker, image_of  # noqa: E402
+from workers.face_analysis import FaceAnalysis  # noqa: E402
 
 BLOCK, LEVEL = 32, 16  # a code block's side and the grey step between code values (JPEG-safe)
 FACE = 112
@@ -59,17 +60,13 @@ def read_codes(image: np.ndarray) -> list[int]:
 class FaceStandIn(Worker):
     """FaceAnalysis's columns without SCRFD / ArcFace: `model` is a .npy of identity centers."""
 
-    role = "face_analysis"
-    inputs = ("image",)
+    role, inputs = FaceAnalysis.role, FaceAnalysis.inputs
+    columns = classmethod(FaceAnalysis.columns.__func__)  # the same columns as the real worker
 
     def __init__(self, model: str, *, dtype: str = "float32", image: str = "image", prefix: str = "", **common):
         super().__init__(model, dtype=dtype, **common)
         self.centers = np.load(model)
         self.image, self.prefix = image, prefix
-
-    @classmethod
-    def columns(cls, image: str = "image", prefix: str = "", **kwargs):
-        return [image], [prefix + c for c in ("face_boxes", "face_kps", "det_scores", "embeddings", "n_faces")]
 
     def check(self, row: dict) -> dict:
         return {"rgb": image_of(row, self.image)}

@@ -30,11 +30,11 @@ import pyarrow as pa
 
 from builders import ensure_for
 from configs.multiid import MultiIDConfig
-from runtime.driver import Pipeline, dataset_uri, leased, parse_args, start_ray, stop_on_failed_stage, write
+from runtime.driver import Pipeline, leased, parse_args, start_ray, stop_on_failed_stage, write
 from runtime.plan import Plan
 from runtime.rows import dataset_of
 from schemas.multiid import REFS_SCHEMA, SCHEMA
-from schemas.store import DatasetDir
+from schemas.store import DatasetDir, dataset_uri
 from stages import multiid as mid
 from schemas.forget import read_tombstones
 from stages.bank import build_bank, identity_id_of

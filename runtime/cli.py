@@ -96,7 +96,8 @@ def cmd_forget(args, rest) -> int:
     import json
 
     from runtime.lease import Lease, LeaseHeld
-    from schemas.forget import GROUPS, REFS, ForgetError, dataset_uri, forget
+    from schemas.forget import GROUPS, REFS, ForgetError, forget
+    from schemas.store import dataset_uri
     from schemas.store import DatasetDir
 
     if args.photo and not args.face_model:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from runtime.config import ConfigError, PipelineConfig, load_config, missing_inputs
+from schemas.store import dataset_uri
 
 
 @dataclass
@@ -57,10 +58,6 @@ def usage_error(prog: str, error: Exception):
     starts; never a traceback."""
     print(f"{prog}: {error}", file=sys.stderr)
     raise SystemExit(2)
-
-
-def dataset_uri(out: str, dataset: str) -> str:
-    return out.rstrip("/") + "/" + dataset
 
 
 def start_ray(cfg: PipelineConfig) -> None:

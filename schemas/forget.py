@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from schemas.contract import to_jsonable
 from schemas.runs import dataset_counts
-from schemas.store import DatasetDir, read_json
+from schemas.store import DatasetDir, dataset_uri, read_json
 
 GROUPS, REFS = "multiid", "multiid_refs"
 DEFAULT_THRESHOLD = 0.4  # section 3's retrieval threshold: a face this close may be the person
@@ -104,10 +104,6 @@ class Tombstones:
 def embedding_sha256(vector) -> str:
     """SHA-256 hex of one embedding (or center) as float32 little-endian bytes."""
     return hashlib.sha256(np.ascontiguousarray(np.asarray(vector, "<f4")).tobytes()).hexdigest()
-
-
-def dataset_uri(out: str, dataset: str) -> str:
-    return out.rstrip("/") + "/" + dataset
 
 
 # --- tombstones ------------------------------------------------------------------------------------

@@ -47,6 +47,11 @@ def resolve_filesystem(uri: str, filesystem: pafs.FileSystem | None = None) -> t
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
+def dataset_uri(out: str, dataset: str) -> str:
+    """OUT/<dataset>: where a pipeline run with --out OUT writes that dataset."""
+    return out.rstrip("/") + "/" + dataset
+
+
 def shard_name(dataset: str, index: int) -> str:
     return f"{dataset}-{index:06d}"
 

@@ -48,8 +48,7 @@ def list_photos(source: str, with_identity: bool) -> list[dict]:
 def load(row: dict, max_side: int, max_pixels: int | None, min_side: int,
          max_bytes: int | None = MAX_INPUT_BYTES) -> dict:
     """Decompression bombs, corrupt files and tiny images are rejects (stages.photos.load_image)."""
-    row["image"] = load_image(row.get("path"), max_side=max_side, min_side=min_side, max_pixels=max_pixels,
-                              max_bytes=max_bytes)
+    row = reload(row, max_side=max_side, max_pixels=max_pixels, min_side=min_side, max_bytes=max_bytes)
     row["source"] = str(row["path"])  # the manifest's way back to the original photo
     row["height"], row["width"] = row["image"].shape[:2]
     return row
@@ -68,10 +67,13 @@ def reload(row: dict, max_side: int, max_pixels: int | None, min_side: int,
 
 # --- faces ---------------------------------------------------------------------------------------
 
+def _short_sides(boxes: np.ndarray) -> np.ndarray:
+    return np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
 def _usable(row: dict, min_det_score: float, min_face_px: int) -> np.ndarray:
     boxes = np.asarray(row["face_boxes"], np.float32).reshape(-1, 4)
-    sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    return (np.asarray(row["det_scores"], np.float32) >= min_det_score) & (sides >= min_face_px)
+    return (np.asarray(row["det_scores"], np.float32) >= min_det_score) & (_short_sides(boxes) >= min_face_px)
 
 
 def _check_embeddings(emb: np.ndarray) -> np.ndarray:
@@ -107,7 +109,7 @@ def group_faces(row: dict, min_faces: int, max_faces: int, min_det_score: float,
     people = np.asarray(row["det_scores"], np.float32).reshape(-1) >= min_det_score
     n = int(people.sum())
     boxes = np.asarray(row["face_boxes"], np.float32).reshape(-1, 4)[people]
-    identifiable = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_face_px
+    identifiable = _short_sides(boxes) >= min_face_px
     if not min_faces <= n <= max_faces:
         raise Reject("no_face" if n == 0 else "face_count",
                      f"{n} faces ({int((~identifiable).sum())} too small to identify), want {min_faces}-{max_faces}")
