@@ -20,7 +20,8 @@ production settings (DIPConfig's defaults: 1024 px, a 2048x1024 diptych in 28 st
 steps, 256 VLM tokens). A role's model is built just before it runs and deleted after it (FLUX.1
 is ~34 GB on disk) unless --keep-models. Face analysis and background removal have no
 production-size builder (ONNX graphs): they run the real small models of ../shared/assets
-(SCRFD-2.5G, u2netp), on the CPU unless onnxruntime-gpu is installed.
+(SCRFD-2.5G, u2netp), on the CPU unless onnxruntime-gpu is installed; text detection runs the
+rapidocr wheel's PP-OCRv4 the same way.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from stages.synthetic import random_image, random_mask  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
 FACES, U2NETP = ASSETS / "models" / "insightface_pack", ASSETS / "models" / "u2netp" / "u2netp.onnx"
+ASSET_ROLES = ("face_analysis", "background_removal")  # real small models from ../shared/assets
 GPU_CONFIGS = ("dip", "multiid", "uper")  # the first one naming a role gives its dtype and batch size
 
 
@@ -78,6 +80,11 @@ def roles(models: dict[str, Path]) -> dict:
         "background_removal": ("workers.background_removal:BackgroundRemoval",
                                {"model": str(u2netp if u2netp.exists() else models["background_removal"]), "image": "ref"},
                                lambda rng, i: {"ref": image(rng, 160)}),
+        # the wheel's real PP-OCRv4 detector and recogniser: there is no tiny stand-in to build
+        "text_detection": ("workers.text_detection:TextDetection", {"model": "PP-OCRv4"},
+                           lambda rng, i: {"image": image(rng, 160)}),
+        "aesthetic": ("workers.aesthetic:Aesthetic", {"model": str(models["aesthetic"])},
+                      lambda rng, i: {"image": image(rng)}),
     }
 
 
@@ -119,6 +126,11 @@ def production_roles(models: dict[str, Path]) -> dict:
                           lambda rng, i: {"image": image(rng, n)}),
         "background_removal": ("workers.background_removal:BackgroundRemoval", {"model": str(U2NETP), "image": "ref"},
                                lambda rng, i: {"ref": image(rng, n)}),
+        # MultiID's appendix C filters on the group photos (1024 px)
+        "text_detection": ("workers.text_detection:TextDetection", {"model": "PP-OCRv4"},
+                           lambda rng, i: {"image": image(rng, n)}),
+        "aesthetic": ("workers.aesthetic:Aesthetic", {"model": str(models["aesthetic"])},
+                      lambda rng, i: {"image": image(rng, n)}),
     }
 
 
@@ -243,7 +255,7 @@ def main(argv=None) -> list[dict]:
             if role in builders.FULL_ROLES:
                 builders.ensure(root, [role], size="full")  # one production model on disk at a time
                 release_gpu()
-            elif not ASSETS.is_dir():
+            elif role in ASSET_ROLES and not ASSETS.is_dir():
                 print(f"{role:<20} skipped: its real model is in {ASSETS}, which is missing", flush=True)
                 continue
             spec = specs[role]

@@ -147,8 +147,9 @@ def group_plan(cfg: MultiIDConfig, workers: dict | None = None) -> Plan:
     steps.cpu("group_faces", partial(mid.group_faces, min_faces=cfg.min_faces, max_faces=cfg.max_faces,
                                      min_det_score=cfg.min_det_score, min_face_px=cfg.min_face_px))
     steps.batch("retrieve", partial(mid.retrieve, thresholds=(cfg.retrieval_threshold_low, cfg.retrieval_threshold_high),
-                                    assign_threshold=cfg.assign_threshold), needs=("centers", "identity_ids"),
-                batch_size=256)
+                                    assign_threshold=cfg.assign_threshold), needs=("centers", "identity_ids"))
+    # (CPU_BATCH_SIZE rows a product: the rows still carry their decoded photo, so a batch of 256
+    # held 600 MB in one task; 8 photos' faces against 3,000 centers is still one BLAS call)
     steps.cpu("filters", partial(mid.filters, min_side=cfg.min_side_px, collage=cfg.collage_filter))
     steps.model("text", "text_detection", image="image")
     steps.model("aesthetic", "aesthetic", image="image")

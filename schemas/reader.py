@@ -66,12 +66,15 @@ def schema_of(path: str) -> DatasetSchema:
     return get_schema(m.group(1))
 
 
-def _open_with(fs: pafs.FileSystem):
-    def open_shards(urls):
-        for sample in urls:
-            yield dict(sample, stream=fs.open_input_stream(sample["url"]))
+# The pipeline's stages are module functions bound with partial, not closures: a DataLoader whose
+# workers are spawned (macOS, CUDA in workers, Python 3.14's forkserver default) pickles them.
+def _open_shards(urls, fs: pafs.FileSystem):
+    for sample in urls:
+        yield dict(sample, stream=fs.open_input_stream(sample["url"]))
 
-    return open_shards
+
+def _has_key(sample: dict, keys: set) -> bool:
+    return sample["__key__"] in keys
 
 
 def decode_sample(raw: dict, schema: DatasetSchema, decode: bool = True) -> dict:
@@ -108,9 +111,9 @@ def read_samples(source, *, dataset: str | None = None, manifest: pd.DataFrame |
         stages.append(wds.split_by_node)
     if split_by_worker and not resampled:
         stages.append(wds.split_by_worker)
-    stages += [_open_with(fs), wds.tariterators.tar_file_expander, wds.tariterators.group_by_keys]
+    stages += [partial(_open_shards, fs=fs), wds.tariterators.tar_file_expander, wds.tariterators.group_by_keys]
     if keys is not None:
-        stages.append(wds.select(lambda s: s["__key__"] in keys))
+        stages.append(wds.select(partial(_has_key, keys=keys)))
     if shuffle:
         stages.append(wds.shuffle(shuffle, seed=seed))
     stages.append(partial(_decode_all, schema=schema, decode=decode))

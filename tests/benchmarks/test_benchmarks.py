@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 from builders import grounding, image_encoder, inpainting, segmentation, text_to_image, vlm
 
 ROLES = ["text_to_image", "inpainting", "grounding", "segmentation", "vlm", "image_encoder", "face_analysis",
-         "background_removal"]
+         "background_removal", "text_detection", "aesthetic"]
 
 
 @pytest.mark.slow
@@ -71,6 +71,8 @@ def test_gpu_settings_come_from_the_gpu_configs():
     assert specs["image_encoder"].batch_size == 64  # DIP's prefilter, not UPER's rows of views
     assert specs["face_analysis"].batch_size == 32  # multiid.gpu.yaml
     assert specs["background_removal"].batch_size == 8  # uper.gpu.yaml (dip.gpu.yaml does not set it)
+    assert (specs["aesthetic"].batch_size, specs["aesthetic"].dtype, specs["text_detection"].batch_size) == (
+        64, "float16", 16)  # multiid.gpu.yaml
     table = workers.production_roles({role: ROOT / "out" / "full-models" / role for role in ROLES})
     assert set(table) == set(ROLES)
     assert table["text_to_image"][1]["steps"] == 28 and table["inpainting"][1]["steps"] == 50

@@ -11,7 +11,7 @@ import pytest
 
 from configs import DIPConfig, SyntheticConfig
 from runtime.config import load_config
-from runtime.plan import Plan, PlanError, step
+from runtime.plan import CPU_BATCH_SIZE, Plan, PlanError, step
 from runtime.rows import Reject, UndeclaredColumn, batch_of, run_step
 from schemas.contract import DatasetSchema, Member
 from schemas.registry import get_schema
@@ -240,3 +240,9 @@ def test_multiid_barriers_hold_no_image():
     held = groups.columns_at("holdout")
     assert "image" not in held and "caption_raw" not in held and {"identity", "paired", "reached", "embeddings"} <= held
     assert "image" in groups.columns_at("finalize")  # decoded again for the shard
+    # a CPU step bundles batch_size rows into one task: with the photo still decoded that is
+    # batch_size x ~2.4 MB in one task's memory (retrieve once took 256 rows: 600 MB)
+    for p in (bank, groups):
+        wide = {s.name: s.batch_size for s in p.steps if s.kind in ("cpu", "batch") and "image" in p.columns_at(s.name)
+                and s.batch_size > CPU_BATCH_SIZE}
+        assert not wide, f"{p.name}: {wide} batch more than {CPU_BATCH_SIZE} decoded photos"

@@ -76,7 +76,11 @@ def test_reader_splits_by_worker_and_resamples(ray_local, tmp_path):
     rows = synthetic_rows("uper", 12)
     out = str(tmp_path / "uper")
     write_rows(rows, out, "uper", target_samples=2)  # 6 shards
-    loader = torch.utils.data.DataLoader(read_samples(out), num_workers=2, batch_size=None)
+    # spawned workers: the pipeline must pickle (macOS, CUDA in workers, forkserver), and this
+    # process holds a Ray driver's gRPC threads and ONNX Runtime's pools, whose locks a forked
+    # child would copy mid-use
+    loader = torch.utils.data.DataLoader(read_samples(out), num_workers=2, batch_size=None,
+                                         multiprocessing_context="spawn")
     keys = [s["key"] for s in loader]
     assert sorted(keys) == sorted(r["key"] for r in rows)  # each sample exactly once across workers
     endless = iter(read_samples(out, resampled=True, seed=1))
