@@ -29,7 +29,8 @@ class DIPConfig(PipelineConfig):
     rubric_positive_min: int = Field(9, description="app. B: positive pairs score >= 9 of 10")
     rubric_negative_max: int = Field(6, description="app. B: negative pairs score <= 6 of 10")
     copy_paste_cosine: float = Field(0.98, description="encoder cosine at or above: a copy-paste pair")
-    encoder_cosine_min: float = Field(0.5, description="cheap pre-filter before the VLM rubric")
+    encoder_cosine_min: float | None = Field(None, description="opt-in cheap pre-filter before the VLM rubric "
+                                             "(e.g. 0.5): not in FocusDPO, whose gate is the rubric alone; None: off")
     box_threshold: float = 0.35  # Grounded-SAM-2 defaults
     text_threshold: float = 0.25
     mask_area_min: float = 0.02

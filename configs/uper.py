@@ -27,7 +27,8 @@ class UPERConfig(PipelineConfig):
     fg_fraction_min: float = 0.01
     fg_fraction_max: float = 0.98
     max_attributes: int = 8
-    rating_min: int = Field(4, description="app. B.4: keep a 0-5 consistency rating >= 4")
+    rating_min: int = Field(4, description="keep a 0-5 consistency rating (Fig. 8) >= 4: this project's floor, "
+                                           "the paper gives none; any key attribute answered No rejects the pair")
     vlm_max_new_tokens: int = 256
     r_sub_size: int = Field(448, description="both images resized to this square: the 224/112 grid tiles it 3 x 3")
     patch_size: int = Field(224, description="sec. 3.1.3: 224 x 224 patches")

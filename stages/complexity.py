@@ -63,10 +63,18 @@ def complexity_map(image: np.ndarray, patch: int = 16, bins: int = 256) -> np.nd
     # (gh, patch, gw, patch) -> one row of patch*patch intensities per cell, row-major cells
     cells = gray[: gh * patch, : gw * patch].reshape(gh, patch, gw, patch).swapaxes(1, 2).reshape(gh * gw, -1)
     c = _entropies(cells, bins)  # seed 000, eq. 7
+    return min_max(c).reshape(gh, gw).astype(np.float16)
+
+
+def min_max(c: np.ndarray) -> np.ndarray:
+    """seed 000, eq. 8: M_d = (C_p - C_min) / (C_max - C_min) over every region of the image; a
+    flat map (0 / 0: no region more complex than another) is all 0. The trainer applies it again
+    after pooling M_d to its token grid, where averaging cells moves the min and max off 0 and 1."""
+    c = np.asarray(c, np.float32)
     c_min, c_max = c.min(), c.max()
-    if c_max == c_min:  # flat: eq. 8 is 0 / 0; no patch is more complex than another
-        return np.zeros((gh, gw), np.float16)
-    return ((c - c_min) / (c_max - c_min)).reshape(gh, gw).astype(np.float16)  # seed 000, eq. 8
+    if c_max == c_min:
+        return np.zeros_like(c)
+    return (c - c_min) / (c_max - c_min)
 
 
 def _bin_index(v: np.ndarray, bins: int) -> np.ndarray:

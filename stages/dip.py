@@ -75,14 +75,15 @@ def _rubric(row: dict, raw_column: str, qa: bool) -> tuple[list, list]:
 
 
 @step(reads=("encoder_cosine",), rejects=("nan_score", "copy_paste", "encoder_prefilter"))
-def encoder_gate(row: dict, cosine_min: float, copy_paste: float, qa: bool) -> dict:
-    """Cheap pre-filter before the VLM rubric: obvious failures, and near-copies that teach nothing."""
+def encoder_gate(row: dict, cosine_min: float | None, copy_paste: float, qa: bool) -> dict:
+    """Before the VLM rubric: near-copies of the reference that teach nothing (always, with QA),
+    and, opt-in (cosine_min; the paper has no such filter), obvious failures."""
     cos = float(row["encoder_cosine"])
     if not math.isfinite(cos):  # NaN passes every comparison: a broken encoder would pass the gate
         raise Reject("nan_score", f"encoder cosine {cos}")
     if qa and cos >= copy_paste:
         raise Reject("copy_paste", f"encoder cosine {cos:.4f} >= {copy_paste}")
-    if qa and cos < cosine_min:
+    if qa and cosine_min is not None and cos < cosine_min:
         raise Reject("encoder_prefilter", f"encoder cosine {cos:.4f} < {cosine_min}")
     return row
 

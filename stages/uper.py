@@ -188,8 +188,11 @@ def rating_query(row: dict, max_attributes: int, qa: bool) -> dict:
       writes=("rating", "verdicts", "attributes_present", "attributes_answer", "rating_answer"),
       rejects=("unparsable_rating", "inconsistent_pair"))
 def rating_gate(row: dict, rating_min: int, qa: bool) -> dict:
-    """App. B.4: keep the pair when the 0-5 rating is >= rating_min (default 4). Without QA the
-    rating is recorded (None when unparsable) and nothing is dropped."""
+    """Sec. 3.2.1: the VLM verifies that the reference's key attributes are present in the target,
+    and "any pair that fails this cross-modal consistency check is discarded": one attribute
+    answered No rejects the pair. The 0-5 rating of Fig. 8 must also reach rating_min (4: this
+    project's floor; the paper gives none). Without QA the verdicts and the rating are recorded
+    (None when unparsable) and nothing is dropped."""
     parsed = parse_rating(row["rating_raw"])
     if parsed.ok:
         row["rating"] = parsed.value.rating
@@ -201,6 +204,9 @@ def rating_gate(row: dict, rating_min: int, qa: bool) -> dict:
     present = [v.endswith(": yes") for v in row["verdicts"]]
     row["attributes_present"] = float(np.mean(present)) if present else None
     row["attributes_answer"], row["rating_answer"] = row["attributes_raw"], row["rating_raw"]
+    absent = [v[:-len(": no")] for v in row["verdicts"] if v.endswith(": no")]
+    if qa and absent:
+        raise Reject("inconsistent_pair", f"absent in the target: {', '.join(absent)} (rating {row['rating']})")
     if qa and row["rating"] < rating_min:
         raise Reject("inconsistent_pair", f"rating {row['rating']} < {rating_min}")
     return row

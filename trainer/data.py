@@ -32,6 +32,7 @@ from schemas.multiid import REFS_SCHEMA
 from schemas.reader import load_manifest, read_samples
 from schemas.registry import get_schema
 from schemas.store import DatasetDir
+from stages.complexity import min_max
 
 log = logging.getLogger("subjectforge.train")
 TOKEN_PX = 16  # FLUX: VAE / 8, then 2 x 2 latents per token
@@ -85,7 +86,7 @@ def dip_example(s: dict, size: int) -> dict:
             "lose": square(lose, size),
             # a token is a subject token when any of its pixels is: a small subject keeps its tokens
             "m_prior": (token_map(mask, win.shape[:2], size, np.max) > 0).astype(np.float32),
-            "m_d": token_map(complexity, win.shape[:2], size)}
+            "m_d": min_max(token_map(complexity, win.shape[:2], size))}  # eq. 8 on the token grid
 
 
 def iapo_example(s: dict, size: int) -> dict:
@@ -118,9 +119,15 @@ def multiid_example(s: dict, size: int, references: "References") -> dict:
     h, w = image.shape[:2]
     s_ = min(h, w)
     scale, (y0, x0) = size / s_, ((h - s_) // 2, (w - s_) // 2)
+    # pixel centres at integer coordinates (insightface): a resize by s maps x to (x + 0.5) s - 0.5
+    landmarks = (kps - [x0, y0] + 0.5) * scale - 0.5
+    # a face the centre crop cuts (a landmark outside it) would be an ArcFace crop of zero padding:
+    # it leaves the ID and contrastive losses (its identity still leaves the negatives)
+    inside = ((landmarks >= 0) & (landmarks <= size - 1)).all(axis=(1, 2))
+    if not inside.any():
+        raise BadSample("no_face_in_crop", f"{len(kps)} faces, none inside the {s_} px centre crop")
     return {"prompt": meta["caption"], "target": square(image, size), "ref": square(ref, size),
-            # pixel centres at integer coordinates (insightface): a resize by s maps x to (x + 0.5) s - 0.5
-            "landmarks": (kps - [x0, y0] + 0.5) * scale - 0.5, "embeddings": np.asarray(embeddings, np.float32),
+            "landmarks": landmarks[inside], "embeddings": np.asarray(embeddings, np.float32)[inside],
             "identities": ids}
 
 

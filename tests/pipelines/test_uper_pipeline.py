@@ -18,12 +18,13 @@ from tests.helpers import noise, png, tar_members
 ATTRIBUTES = "Key attributes:\n- red fabric\n- two straps\n- white logo"
 RATING = {"mismatch": "red fabric: No\ntwo straps: Yes\nwhite logo: No\nThey are two different objects. Rating: 1",
           "mumble": "Hard to say, the pictures are small.",
-          "default": "red fabric: Yes\ntwo straps: Yes\nwhite logo: No\nRating: 4"}
+          "lacking": "red fabric: Yes\ntwo straps: No\nwhite logo: Yes\nRating: 5",  # an attribute absent
+          "default": "red fabric: Yes\ntwo straps: Yes\nwhite logo: Yes\nRating: 4"}
 
 
 class UPERScriptedVLM(ScriptedVLM):
     """Turn (a) lists three attributes ("blankattr": nothing); turn (b) rates 4, "mismatch" 1,
-    "mumble" no rating at all."""
+    "lacking" 5 with an attribute answered No, "mumble" no rating at all."""
 
     def predict(self, inputs):
         out = []
@@ -75,6 +76,7 @@ def scripted(ray_local, tmp_path_factory):
         dict(ref=image_cell(some_photo), target=image_cell(some_photo), prompt=None, subject="object"),
         dict(ref=image_cell(some_photo), target=image_cell(pairs[1]["ref_src"]), prompt="m", subject="mismatch"),
         dict(ref=image_cell(some_photo), target=image_cell(pairs[1]["ref_src"]), prompt="m", subject="mumble"),
+        dict(ref=image_cell(some_photo), target=image_cell(pairs[1]["ref_src"]), prompt="l", subject="lacking"),
         dict(ref=image_cell(some_photo), target=image_cell(pairs[1]["ref_src"]), prompt="b", subject="blankattr"),
     ]
     pq.write_table(pa.Table.from_pylist(rows), tmp / "pairs.parquet")
@@ -97,9 +99,12 @@ def test_scripted_rejects_and_counts(scripted):
     assert got == sorted([("load", "corrupt_image"), ("load", "missing_file"), ("load", "no_prompt"),
                           ("foreground", "foreground_too_small"), ("foreground", "foreground_too_large"),
                           ("rating_query", "unparsable_attributes"), ("rating_gate", "inconsistent_pair"),
-                          ("rating_gate", "unparsable_rating")])
+                          ("rating_gate", "inconsistent_pair"), ("rating_gate", "unparsable_rating")])
+    details = sorted(rejects.loc[rejects["reason"] == "inconsistent_pair", "detail"])
+    assert details == ["absent in the target: red fabric, white logo (rating 1)",
+                       "absent in the target: two straps (rating 5)"]
     assert rejects["input"].notna().all()
-    assert info["counts"] == {**info["counts"], "samples": 25, "rejects": 8}
+    assert info["counts"] == {**info["counts"], "samples": 25, "rejects": 9}
 
 
 def test_background_removal_stage_reproduces_the_reference_masks(scripted):
@@ -146,8 +151,8 @@ def test_scripted_fields(scripted):
     m = load_manifest(f"{out}/uper")
     assert (m["qa"] == "enabled").all() and (m["rating"] == 4).all() and (m["rating_threshold"] == 4).all()
     assert all(list(a) == ["red fabric", "two straps", "white logo"] for a in m["attributes"])
-    assert all(list(v) == ["red fabric: yes", "two straps: yes", "white logo: no"] for v in m["verdicts"])
-    assert np.allclose(m["attributes_present"], 2 / 3)
+    assert all(list(v) == ["red fabric: yes", "two straps: yes", "white logo: yes"] for v in m["verdicts"])
+    assert np.allclose(m["attributes_present"], 1.0)
     assert m["fg_fraction"].between(0.01, 0.98).all() and (m["source"] == "pairs").all()
     for c in ("r_sub", "r_sub_patch", "r_sub_cls"):
         assert m[c].between(-1, 1).all()
@@ -164,7 +169,7 @@ def test_scripted_rerun_does_no_work(scripted):
     info, out, cfg, _ = scripted
     again = uper.main(["--config", cfg, "--out", out], workers={"vlm": UPERScriptedVLM})
     assert again["runs"][-1]["samples_written"] == 0
-    assert again["counts"]["samples"] == 25 and again["counts"]["rejects"] == 8
+    assert again["counts"]["samples"] == 25 and again["counts"]["rejects"] == 9
 
 
 def test_tiny_profile_run(uper_tiny):

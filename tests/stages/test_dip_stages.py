@@ -350,3 +350,19 @@ def test_mask_gate():
     assert reason(K.mask_gate, [big], 0.05, 0.8) == "mask_too_large"
     assert reason(K.mask_gate, np.zeros((0, 10, 10), bool), 0.0, 1.0) == "empty_mask"
     assert math.isclose(K.mask_area(K.union([big, small])), 0.81)
+
+
+def test_encoder_prefilter_is_opt_in_and_copy_paste_is_always_on():
+    from functools import partial
+
+    from configs import DIPConfig
+    from stages import dip
+
+    cfg = DIPConfig()
+    assert cfg.encoder_cosine_min is None and cfg.copy_paste_cosine == 0.98
+    gate = partial(dip.encoder_gate, cosine_min=cfg.encoder_cosine_min, copy_paste=cfg.copy_paste_cosine, qa=True)
+    assert gate({"encoder_cosine": 0.2})["encoder_cosine"] == 0.2  # the rubric decides, as in FocusDPO
+    with pytest.raises(Reject, match="copy_paste"):
+        gate({"encoder_cosine": 0.99})
+    with pytest.raises(Reject, match="encoder_prefilter: encoder cosine 0.2000 < 0.5"):
+        dip.encoder_gate({"encoder_cosine": 0.2}, cosine_min=0.5, copy_paste=0.98, qa=True)

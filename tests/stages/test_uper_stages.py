@@ -88,7 +88,7 @@ def test_foreground_gate():
 
 
 ATTRIBUTES = "Here are the key attributes:\n1. Eames lounge chair\n2. black leather\n3. wood shell"
-RATING = "Eames lounge chair: Yes\nblack leather: Yes\nwood shell: No\nRating: 4"
+RATING = "Eames lounge chair: Yes\nblack leather: Yes\nRating: 4"
 
 
 def test_two_turns_and_the_rating_gate():
@@ -99,8 +99,14 @@ def test_two_turns_and_the_rating_gate():
     assert "Are the chairs in the two pictures below identical?" in row["rating_prompt"]
     assert "- black leather" in row["rating_prompt"] and "wood shell" not in row["rating_prompt"]
     kept = uper.rating_gate(dict(row, rating_raw=RATING), rating_min=4, qa=True)
-    assert kept["rating"] == 4 and kept["verdicts"] == ["Eames lounge chair: yes", "black leather: yes", "wood shell: no"]
-    assert kept["attributes_present"] == pytest.approx(2 / 3) and kept["rating_answer"] == RATING
+    assert kept["rating"] == 4 and kept["verdicts"] == ["Eames lounge chair: yes", "black leather: yes"]
+    assert kept["attributes_present"] == 1.0 and kept["rating_answer"] == RATING
+    # sec. 3.2.1: a key attribute absent from the target discards the pair, whatever the rating
+    absent = "Eames lounge chair: Yes\nblack leather: No\nRating: 5"
+    with pytest.raises(Reject, match="inconsistent_pair: absent in the target: black leather \\(rating 5\\)"):
+        uper.rating_gate(dict(row, rating_raw=absent), 4, qa=True)
+    recorded = uper.rating_gate(dict(row, rating_raw=absent), 4, qa=False)
+    assert recorded["attributes_present"] == 0.5 and recorded["verdicts"][1] == "black leather: no"
     with pytest.raises(Reject, match="inconsistent_pair"):
         uper.rating_gate(dict(row, rating_raw="They are definitely two different objects. Rating: 3"), 4, qa=True)
     with pytest.raises(Reject, match="unparsable_rating"):
