@@ -65,6 +65,10 @@ class TrainConfig(PipelineConfig):
     reward_models: dict[str, str] = {"text": "openai/clip-vit-large-patch14", "aesthetic": "xswu/HPSv2",
                                      "subject": "facebook/dinov2-base"}
     subject_grad_clip: float = Field(0.2, description="UPER sec. 3.3: tau of grad_I R_sub")
+    # R_sub as the UPER data pipeline computes it (configs/uper.py, stages/subject_reward.combine)
+    r_sub_weights: dict[str, float] = Field({"patch": 1.0, "cls": 0.0}, description="sec. 3.1.3: the patch mean")
+    copy_paste_similarity: float | None = Field(0.95, description="UPER app. B.1: penalty above it (None: off)")
+    copy_paste_penalty: float = 2.0  # the penalty's slope above the threshold
     refl_max_t: float = 0.25  # ReFL (ImageReward): late, low-noise steps, where x_hat is a picture
     guidance: float = 1.0  # FLUX [dev]'s distilled guidance input during training
     log_every: int = 1

@@ -92,14 +92,28 @@ def subject_reward(cosines, n_patch: int, weights: dict[str, float] | None = Non
         raise ValueError(f"expected 1 + {n_patch}+ finite cosines, got {cos.tolist()}")
     parts = {"cls": float(cos[0]), "patch": float(cos[1:1 + n_patch].mean()),
              "crops": float(cos[1 + n_patch:].mean()) if cos.size > 1 + n_patch else None}
-    weights = {"patch": 1.0, "cls": 0.0, "crops": 0.0} if weights is None else weights
-    used = {c: float(weights.get(c, 0.0)) for c in COMPONENTS if parts[c] is not None and weights.get(c, 0.0)}
-    if not used:
-        raise ValueError(f"no component with a weight: weights {weights}, components {parts}")
-    s = sum(w * parts[c] for c, w in used.items()) / sum(used.values())
-    penalty = 0.0 if copy_paste_similarity is None else copy_paste_penalty * max(0.0, s - copy_paste_similarity)
+    s, penalty = combine(parts, weights, copy_paste_similarity, copy_paste_penalty)
     return {"r_sub": s - penalty, "r_sub_patch": parts["patch"], "r_sub_cls": parts["cls"],
             "r_sub_crops": parts["crops"], "r_sub_penalty": penalty}
+
+
+DEFAULT_WEIGHTS = {"patch": 1.0, "cls": 0.0, "crops": 0.0}  # sec. 3.1.3: R_sub is the patch mean
+
+
+def combine(parts: dict, weights: dict[str, float] | None = None, copy_paste_similarity: float | None = 0.95,
+            copy_paste_penalty: float = 2.0):
+    """(similarity s, penalty) from the components present (None: absent): the one R_sub rule of
+    the data pipeline (floats) and of the trainer's ReFL reward ([B] tensors, differentiable).
+    R_sub = s - penalty."""
+    weights = DEFAULT_WEIGHTS if weights is None else weights
+    used = {c: float(weights.get(c, 0.0)) for c in COMPONENTS if parts.get(c) is not None and weights.get(c, 0.0)}
+    if not used:
+        raise ValueError(f"no component with a weight: weights {weights}, components {sorted(parts)}")
+    s = sum(w * parts[c] for c, w in used.items()) / sum(used.values())
+    if copy_paste_similarity is None:
+        return s, 0.0 * s
+    excess = s - copy_paste_similarity
+    return s, copy_paste_penalty * (excess.clamp(min=0) if hasattr(excess, "clamp") else max(0.0, excess))
 
 
 def r_sub(ref: np.ndarray, target: np.ndarray, features: Callable[[list[np.ndarray]], np.ndarray], *,

@@ -180,7 +180,9 @@ def fit(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1) -> tuple[Subj
         from trainer.rewards import SubjectReward, TextReward
 
         rewards = {"text": TextReward(cfg.reward_models["text"], device), "subject": SubjectReward(
-            cfg.reward_models["subject"], device=device), "aesthetic": TextReward(cfg.reward_models["aesthetic"], device)}
+            cfg.reward_models["subject"], device=device, weights=cfg.r_sub_weights,
+            copy_paste_similarity=cfg.copy_paste_similarity, copy_paste_penalty=cfg.copy_paste_penalty),
+            "aesthetic": TextReward(cfg.reward_models["aesthetic"], device)}
     losses = Losses(model, cfg, bank, face_encoder, rewards)
     params = model.lora_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)

@@ -4,8 +4,9 @@
 - `TextReward`: CLIP image-text cosine (R_text: CLIP ViT-L/14). The aesthetic reward R_aes is
   HPSv2, itself a CLIP scoring an image against its prompt: the same module with HPSv2's weights.
 - `SubjectReward`: R_sub of sec. 3.1.3, the mean DINOv2 CLS cosine of spatially corresponding
-  224 x 224 patches at stride 112, both images resized to one square first (stages/subject_reward.py
-  is the same arithmetic in numpy for the data pipeline).
+  224 x 224 patches at stride 112, both images resized to one square first, with app. B.1's
+  whole-image cosine when weighted and its penalty above the copy-paste similarity: the components
+  are combined by `stages.subject_reward.combine`, the rule the data pipeline's R_sub uses.
 
 The preprocessing (resize, normalise) is the checkpoint's own processor config, done in torch.
 """
@@ -42,14 +43,20 @@ class TextReward(torch.nn.Module):
 
 
 class SubjectReward(torch.nn.Module):
-    def __init__(self, model: str, size: int = 448, patch: int = 224, stride: int = 112, device: str = "cpu"):
+    def __init__(self, model: str, size: int = 448, patch: int = 224, stride: int = 112, device: str = "cpu",
+                 weights: dict[str, float] | None = None, copy_paste_similarity: float | None = 0.95,
+                 copy_paste_penalty: float = 2.0):
         super().__init__()
         from transformers import AutoImageProcessor, AutoModel
 
+        if weights and weights.get("crops"):
+            raise ValueError("the training R_sub has no random crops (app. B.1): give crops no weight")
         self.processor = AutoImageProcessor.from_pretrained(model)
         self.model = AutoModel.from_pretrained(model).to(device).eval().requires_grad_(False)
         self.input = self.processor.crop_size["height"]
         self.size, self.patch, self.stride, self.device = size, patch, stride, device
+        self.rule = dict(weights=weights, copy_paste_similarity=copy_paste_similarity,
+                         copy_paste_penalty=copy_paste_penalty)
 
     def patches(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, size, size] -> [B * K, 3, patch, patch], the grid row-major (sec. 3.1.3)."""
@@ -57,10 +64,25 @@ class SubjectReward(torch.nn.Module):
         p = x.unfold(2, self.patch, self.stride).unfold(3, self.patch, self.stride)  # B, 3, ky, kx, P, P
         return p.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, self.patch, self.patch)
 
-    def forward(self, images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    def cosines(self, images: torch.Tensor, references: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The components [B]: `patch` (eq. 1, the mean over the N grid patches) and `cls` (the
+        whole images at the encoder's input size, app. B.1)."""
         b = images.shape[0]
-        views = torch.cat([self.patches(images), self.patches(references.to(images))])
-        x = _normalise(views, self.processor, self.input).to(self.device)
+        references = references.to(images)
+        views = [torch.cat([self.patches(images), self.patches(references)])]
+        whole = bool((self.rule["weights"] or {}).get("cls"))  # encoded only when it counts
+        if whole:
+            views.append(torch.cat([images, references]))
+        x = torch.cat([_normalise(v, self.processor, self.input) for v in views]).to(self.device)
         cls = F.normalize(self.model(pixel_values=x).pooler_output, dim=-1)
-        gen, ref = cls.chunk(2)
-        return (gen * ref).sum(-1).view(b, -1).mean(1)  # eq. 1, then the mean over the N patches
+        n = len(views[0]) // 2
+        out = {"patch": (cls[:n] * cls[n:2 * n]).sum(-1).view(b, -1).mean(1)}  # eq. 1, mean over the patches
+        if whole:
+            out["cls"] = (cls[2 * n:2 * n + b] * cls[2 * n + b:]).sum(-1)
+        return out
+
+    def forward(self, images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+        from stages.subject_reward import combine
+
+        s, penalty = combine(self.cosines(images, references), **self.rule)
+        return s - penalty
