@@ -65,6 +65,8 @@ class TrainConfig(PipelineConfig):
     reward_models: dict[str, str] = {"text": "openai/clip-vit-large-patch14", "aesthetic": "xswu/HPSv2",
                                      "subject": "facebook/dinov2-base"}
     subject_grad_clip: float = Field(0.2, description="UPER sec. 3.3: tau of grad_I R_sub")
+    reward_window: int = Field(256, ge=0, description="refl: z-scores over every rank's rewards and the last "
+                                                      "this many earlier ones (trainer.objectives.RewardStats)")
     # R_sub as the UPER data pipeline computes it (configs/uper.py, stages/subject_reward.combine)
     r_sub_weights: dict[str, float] = Field({"patch": 1.0, "cls": 0.0}, description="sec. 3.1.3: the patch mean")
     copy_paste_similarity: float | None = Field(0.95, description="UPER app. B.1: penalty above it (None: off)")

@@ -42,6 +42,7 @@ class Losses:
                  face_encoder=None, rewards: dict | None = None):
         """bank: (identity ids, centers) of the negative pool (trainer.data.negative_pool)."""
         self.model, self.cfg, self.bank, self.face_encoder, self.rewards = model, cfg, bank, face_encoder, rewards
+        self.reward_stats = obj.RewardStats(cfg.reward_window)  # refl: z-scores over ranks and recent steps
 
     def __call__(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         return getattr(self, self.cfg.objective)(batch, generator)
@@ -141,7 +142,7 @@ class Losses:
         subject = self.rewards["subject"](image, to_tensor(batch["ref"]))
         rewards = {"text": self.rewards["text"](image, prompts), "aesthetic": self.rewards["aesthetic"](image, prompts),
                    "subject": obj.clipped_reward(subject, image, self.cfg.subject_grad_clip)}
-        composite = obj.composite_reward(rewards, self.cfg.reward_weights)
+        composite = obj.composite_reward(rewards, self.cfg.reward_weights, self.reward_stats)
         return -composite.mean(), {f"reward_{k}": v.detach().mean() for k, v in rewards.items()}
 
     def _negatives(self, identities, generator: torch.Generator) -> torch.Tensor:

@@ -17,6 +17,8 @@ Errors are computed in float32 whatever the input dtype: DPO differences of near
 """
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 import torch.nn.functional as F
 
@@ -210,9 +212,11 @@ def withanyone_loss(l_diff, l_id, l_cl, lambda_id: float = LAMBDA_ID, lambda_cl:
 
 # --- ReFL rewards (UPER) ---------------------------------------------------------------------------
 
-def zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def zscore(x: torch.Tensor, eps: float = 1e-6, reference: torch.Tensor | None = None) -> torch.Tensor:
     """Batch z-score (x - mean) / std of x [B] (seed 001, sec. 3.3's R-hat), population std (ddof 0,
-    as scipy.stats.zscore).
+    as scipy.stats.zscore). `reference`: the values the mean and std come from instead of x (every
+    rank's rewards and a window of earlier ones, RewardStats): over a micro-batch of 2 the
+    z-scores are always -1 and +1, whatever the rewards.
 
     The mean and std are constants for autograd (detached). Otherwise the z-scores of a batch sum
     to zero identically and L_RL = -mean(R_composite) would have zero gradient; detached, each
@@ -222,21 +226,55 @@ def zscore(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     up by 1 / eps or vanishing.
     """
     x = x.float()
-    mean = x.detach().mean()
-    std = x.detach().std(unbiased=False) if x.numel() > 1 else x.new_zeros(())
+    ref = (x if reference is None else reference.to(x)).detach().float()
+    mean = ref.mean()
+    std = ref.std(unbiased=False) if ref.numel() > 1 else x.new_zeros(())
     std = torch.where(std > eps, std, torch.ones_like(std))
     return (x - mean) / std
 
 
-def composite_reward(rewards: dict[str, torch.Tensor], weights: dict[str, float] | None = None) -> torch.Tensor:
-    """Seed 001, sec. 3.3: R_composite = sum_k w_k zscore(R_k) over the batch, UPER's weights
-    0.2 text, 0.2 aesthetics, 0.4 subject by default. The keys must match: a reward without a weight
-    (or the reverse) is a configuration error, not something to drop quietly. The ReFL loss is
+class RewardStats:
+    """What each reward's z-score is taken over: this step's rewards of every rank (all_gather
+    under torch.distributed, as Ray Train sets it up) joined with the last `window` gathered
+    values of earlier steps. UPER's effective batch is 32 (sec. 4); a micro-batch of 2 per GPU
+    gives z-scores of +-1 whatever the rewards, so the statistics need more samples than one
+    rank's step. The window trades a slowly moving mean for that: 0 keeps only this step's."""
+
+    def __init__(self, window: int = 256):
+        self.window, self.history = window, {}
+
+    def reference(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        now = gathered(x.detach().float())
+        past = self.history.setdefault(name, deque(maxlen=self.window or None))
+        ref = torch.cat([torch.tensor(list(past), dtype=now.dtype, device=now.device), now])
+        if self.window:
+            past.extend(now.cpu().tolist())
+        return ref
+
+
+def gathered(x: torch.Tensor) -> torch.Tensor:
+    """x [B] of every rank, concatenated in rank order (x itself outside torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def composite_reward(rewards: dict[str, torch.Tensor], weights: dict[str, float] | None = None,
+                     stats: RewardStats | None = None) -> torch.Tensor:
+    """Seed 001, sec. 3.3: R_composite = sum_k w_k zscore(R_k), UPER's weights 0.2 text, 0.2
+    aesthetics, 0.4 subject by default; z-scores over the batch, or over what `stats` gathers
+    (every rank, a window of earlier steps). The keys must match: a reward without a weight (or
+    the reverse) is a configuration error, not something to drop quietly. The ReFL loss is
     -R_composite.mean()."""
     weights = UPER_WEIGHTS if weights is None else weights
     if set(rewards) != set(weights):
         raise ValueError(f"rewards {sorted(rewards)} and weights {sorted(weights)} name different components")
-    return sum(float(w) * zscore(rewards[k]) for k, w in weights.items())
+    return sum(float(w) * zscore(rewards[k], reference=None if stats is None else stats.reference(k, rewards[k]))
+               for k, w in weights.items())
 
 
 class _ClipGrad(torch.autograd.Function):

@@ -342,3 +342,42 @@ def test_clipped_reward_clips_grad_of_the_reward_itself():
     (-10.0 * r.sum()).backward()
     torch.testing.assert_close(image.grad[0, 0, 0, :2], -10.0 * torch.tensor([0.12, 0.16]))
     torch.testing.assert_close(image.grad[1, 0, 0, :2], -10.0 * torch.tensor([0.03, 0.04]))
+
+
+def test_zscore_over_gathered_rewards_and_a_window():
+    from trainer.objectives import RewardStats
+
+    stats = RewardStats(window=2)
+    first = torch.tensor([0.0, 2.0])
+    # the first step: only its own rewards, z = (x - 1) / 1
+    assert composite_reward({"sub": first}, {"sub": 1.0}, stats).tolist() == pytest.approx([-1.0, 1.0])
+    # the second: the window's [0, 2] and now [1, 3]: mean 1.5, std sqrt(1.25)
+    got = composite_reward({"sub": torch.tensor([1.0, 3.0])}, {"sub": 1.0}, stats)
+    assert got.tolist() == pytest.approx([-0.5 / 1.25 ** 0.5, 1.5 / 1.25 ** 0.5])
+    # a micro-batch of 2 alone is always -1, +1; against the window [1, 3] it is not
+    assert zscore(torch.tensor([5.0, 5.1])).tolist() == pytest.approx([-1.0, 1.0], abs=1e-4)
+    ref = stats.reference("sub", torch.tensor([5.0, 5.1]))
+    assert ref.tolist() == pytest.approx([1.0, 3.0, 5.0, 5.1])
+    assert RewardStats(window=0).reference("sub", first).tolist() == [0.0, 2.0]
+
+
+def _gather_rank(rank: int, path: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from trainer.objectives import RewardStats
+
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    rewards = torch.tensor([float(rank), float(rank) + 2.0])  # rank 0: [0, 2], rank 1: [1, 3]
+    z = composite_reward({"sub": rewards}, {"sub": 1.0}, RewardStats(window=0))
+    torch.save(z, f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_zscore_gathers_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gather_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    z0, z1 = (torch.load(tmp_path / f"{r}.pt").tolist() for r in (0, 1))
+    # over [0, 2, 1, 3]: mean 1.5, std sqrt(1.25), not each rank's own +-1
+    s = 1.25 ** 0.5
+    assert z0 == pytest.approx([-1.5 / s, 0.5 / s]) and z1 == pytest.approx([-0.5 / s, 1.5 / s])
