@@ -70,7 +70,7 @@ def min_max(c: np.ndarray) -> np.ndarray:
     """seed 000, eq. 8: M_d = (C_p - C_min) / (C_max - C_min) over every region of the image; a
     flat map (0 / 0: no region more complex than another) is all 0. The trainer applies it again
     after pooling M_d to its token grid, where averaging cells moves the min and max off 0 and 1."""
-    c = np.asarray(c, np.float32)
+    c = np.asarray(c, np.result_type(c, np.float32))  # float64 entropies stay float64
     c_min, c_max = c.min(), c.max()
     if c_max == c_min:
         return np.zeros_like(c)

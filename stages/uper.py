@@ -194,17 +194,13 @@ def rating_gate(row: dict, rating_min: int, qa: bool) -> dict:
     project's floor; the paper gives none). Without QA the verdicts and the rating are recorded
     (None when unparsable) and nothing is dropped."""
     parsed = parse_rating(row["rating_raw"])
-    if parsed.ok:
-        row["rating"] = parsed.value.rating
-        row["verdicts"] = [f"{a}: {'yes' if present else 'no'}" for a, present in parsed.value.verdicts]
-    else:
-        if qa:
-            parsed.unwrap()
-        row["rating"], row["verdicts"] = None, []
-    present = [v.endswith(": yes") for v in row["verdicts"]]
-    row["attributes_present"] = float(np.mean(present)) if present else None
+    if not parsed.ok and qa:
+        parsed.unwrap()
+    row["rating"], pairs = (parsed.value.rating, parsed.value.verdicts) if parsed.ok else (None, [])
+    row["verdicts"] = [f"{a}: {'yes' if present else 'no'}" for a, present in pairs]
+    row["attributes_present"] = float(np.mean([present for _, present in pairs])) if pairs else None
     row["attributes_answer"], row["rating_answer"] = row["attributes_raw"], row["rating_raw"]
-    absent = [v[:-len(": no")] for v in row["verdicts"] if v.endswith(": no")]
+    absent = [a for a, present in pairs if not present]
     if qa and absent:
         raise Reject("inconsistent_pair", f"absent in the target: {', '.join(absent)} (rating {row['rating']})")
     if qa and row["rating"] < rating_min:

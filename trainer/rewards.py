@@ -57,6 +57,7 @@ class SubjectReward(torch.nn.Module):
         self.size, self.patch, self.stride, self.device = size, patch, stride, device
         self.rule = dict(weights=weights, copy_paste_similarity=copy_paste_similarity,
                          copy_paste_penalty=copy_paste_penalty)
+        self.whole = bool((weights or {}).get("cls"))  # the whole images are encoded only when they count
 
     def patches(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, size, size] -> [B * K, 3, patch, patch], the grid row-major (sec. 3.1.3)."""
@@ -70,14 +71,13 @@ class SubjectReward(torch.nn.Module):
         b = images.shape[0]
         references = references.to(images)
         views = [torch.cat([self.patches(images), self.patches(references)])]
-        whole = bool((self.rule["weights"] or {}).get("cls"))  # encoded only when it counts
-        if whole:
+        if self.whole:
             views.append(torch.cat([images, references]))
         x = torch.cat([_normalise(v, self.processor, self.input) for v in views]).to(self.device)
         cls = F.normalize(self.model(pixel_values=x).pooler_output, dim=-1)
         n = len(views[0]) // 2
         out = {"patch": (cls[:n] * cls[n:2 * n]).sum(-1).view(b, -1).mean(1)}  # eq. 1, mean over the patches
-        if whole:
+        if self.whole:
             out["cls"] = (cls[2 * n:2 * n + b] * cls[2 * n + b:]).sum(-1)
         return out
 
