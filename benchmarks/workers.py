@@ -246,7 +246,7 @@ def main(argv=None) -> list[dict]:
         table, specs = production_roles({r: root / r for r in builders.FULL_ROLES}), gpu_specs()
     else:
         root = Path(args.models or tempfile.mkdtemp(prefix="tiny-models-"))
-        table = roles(builders.ensure(root, [r for r in builders.BUILDERS if r != "clip"]))
+        table = roles(builders.ensure(root, [r for r in builders.BUILDERS if r not in builders.REWARD_ROLES]))
     results = []
     for role in args.role or table:
         path, kwargs, make = table[role]

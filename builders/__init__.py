@@ -6,7 +6,7 @@ large, Qwen2.5-VL-7B, DINOv2 base, CLIP ViT-L/14) measure GPU throughput without
 
 One module per role family (builders.text_to_image, builders.inpainting, builders.grounding,
 builders.segmentation, builders.vlm, builders.image_encoder, builders.face_analysis,
-builders.background_removal, builders.aesthetic), each with build_tiny(directory, seed=0, **kw)
+builders.background_removal, builders.aesthetic, builders.hps), each with build_tiny(directory, seed=0, **kw)
 and, where the library has a config to build it from, build_full. Builders may import from workers (a
 constant both need stays in the worker module); workers never import builders.
 
@@ -35,7 +35,9 @@ BUILDERS: dict[str, tuple[str, dict]] = {
     "face_analysis": ("builders.face_analysis", {}),
     "background_removal": ("builders.background_removal", {}),
     "aesthetic": ("builders.aesthetic", {}),  # CLIP + LAION's head; text_detection needs none (the wheel's)
+    "hps": ("builders.hps", {}),  # HPSv2's open_clip CLIP (the trainer's R_aes)
 }
+REWARD_ROLES = ("clip", "hps")  # the trainer's reward models (trainer.rewards), no pipeline worker
 # The roles with a production-size builder (build_full). Face analysis and background removal
 # are ONNX graphs with no library config to build them from.
 FULL_ROLES = ("text_to_image", "inpainting", "grounding", "segmentation", "vlm", "image_encoder", "clip",

@@ -62,6 +62,7 @@ class TrainConfig(PipelineConfig):
     face_encoder: str | None = None  # a TorchScript face embedder (112 x 112 aligned faces -> 512-d)
     reward_weights: dict[str, float] = {"text": 0.2, "aesthetic": 0.2, "subject": 0.4}  # UPER sec. 3.3
     # refl: differentiable reward models (CLIP ViT-L/14, HPSv2's CLIP, DINOv2), ids or directories
+    # text: a transformers CLIP; aesthetic: HPSv2, an open_clip ViT-H-14 checkpoint (trainer.rewards.HPSReward)
     reward_models: dict[str, str] = {"text": "openai/clip-vit-large-patch14", "aesthetic": "xswu/HPSv2",
                                      "subject": "facebook/dinov2-base"}
     subject_grad_clip: float = Field(0.2, description="UPER sec. 3.3: tau of grad_I R_sub")
@@ -71,7 +72,13 @@ class TrainConfig(PipelineConfig):
     r_sub_weights: dict[str, float] = Field({"patch": 1.0, "cls": 0.0}, description="sec. 3.1.3: the patch mean")
     copy_paste_similarity: float | None = Field(0.95, description="UPER app. B.1: penalty above it (None: off)")
     copy_paste_penalty: float = 2.0  # the penalty's slope above the threshold
-    refl_max_t: float = 0.25  # ReFL (ImageReward): late, low-noise steps, where x_hat is a picture
+    # refl's rollout (seed 001 Alg. 1 line 14, ReFL): FLUX's sampler from noise with the current LoRA,
+    # no grad, for a number of steps drawn from refl_stop (inclusive, 0-based, of refl_steps), then
+    # one step with grad to x_hat_0. ImageReward's ReFL stops in the last quarter (steps 30-39 of
+    # 40), where x_hat_0 is already a picture the reward models can judge; so does 21-27 of 28
+    refl_steps: int = Field(28, ge=1, description="refl: sampling steps of the rollout (FLUX.1 [dev]'s 28)")
+    refl_stop: tuple[int, int] = Field((21, 27), description="refl: the grad step's index, drawn uniformly in this range")
+    refl_guidance: float = 3.5  # refl: FLUX [dev]'s distilled guidance when it samples (its pipeline's default)
     guidance: float = 1.0  # FLUX [dev]'s distilled guidance input during training
     log_every: int = 1
     checkpoint_every: int = 0  # 0: only at the end
@@ -95,6 +102,13 @@ class TrainConfig(PipelineConfig):
 
     def input_paths(self) -> dict:
         return {"data": self.data}
+
+    @model_validator(mode="after")
+    def _refl_stop(self):
+        lo, hi = self.refl_stop
+        if not 0 <= lo <= hi < self.refl_steps:
+            raise ValueError(f"refl_stop {list(self.refl_stop)} must satisfy 0 <= lo <= hi < refl_steps ({self.refl_steps})")
+        return self
 
     @field_validator("resolution")
     @classmethod

@@ -6,6 +6,7 @@ Every dataset becomes the same few fields, at one square `size` so a batch stack
 - IAPO (iapo, dpo): prompt = caption, win / lose = the globally preferred image and the other, no
   reference, weight_w / weight_l = eq. 1 maps on the token grid.
 - UPER (sft): prompt, ref = ref_clean, target.
+- ReFL (refl) on UPER or DIP: prompt and ref only; the policy generates the image.
 - MultiID (sft, id): prompt = caption, target = the group photo, ref = a reference photo of its
   first identity (from OUT/multiid_refs, read on demand), faces' 5-point landmarks and ArcFace
   embeddings, and the identity ids for the contrastive negatives. Only the train split by default.
@@ -132,6 +133,14 @@ def multiid_example(s: dict, size: int, references: "References") -> dict:
 
 
 EXAMPLES = {"dip": dip_example, "iapo": iapo_example, "uper": uper_example, "multiid": multiid_example}
+# ReFL's D_RL (seed 001, Alg. 1 line 13): (I_ref, P) only, the policy makes the image; the member
+# holding each dataset's reference (UPER's background-cleaned one), the only one decoded
+RL_REFERENCE = {"uper": "ref_clean", "dip": "ref"}
+
+
+def rl_example(s: dict, size: int, member: str) -> dict:
+    (ref,) = need(s, member)
+    return {"prompt": s["json"]["prompt"], "ref": square(ref, size)}
 
 
 class References:
@@ -231,12 +240,16 @@ def negative_pool(multiid_dir: str) -> tuple[np.ndarray, np.ndarray]:
 
 def examples(dataset_dir: str, size: int, *, manifest_query: str | None = None, split: str | None = "train",
              shuffle: int = 0, seed: int = 0, resampled: bool = True, skipped: Counter | None = None,
-             selected: dict | None = None, reference_cache: int = 512):
+             selected: dict | None = None, reference_cache: int = 512, prompts_only: bool = False):
     """Endless (resampled) stream of examples from one dataset directory, over the rows `select`
     picks; `manifest_query` is a pandas query on its manifest (e.g. "category == 'animal'",
-    "rating >= 4"). `selected` is filled with select's record of what was read."""
+    "rating >= 4"). `selected` is filled with select's record of what was read. `prompts_only`:
+    ReFL's prompt and reference (RL_REFERENCE), no target."""
     dataset = posixpath.basename(dataset_dir.rstrip("/"))
-    make = EXAMPLES[dataset]
+    if prompts_only and dataset not in RL_REFERENCE:
+        raise ValueError(f"prompts and references come from {sorted(RL_REFERENCE)}, not {dataset}")
+    make = functools.partial(rl_example, member=RL_REFERENCE[dataset]) if prompts_only else EXAMPLES[dataset]
+    wanted = {RL_REFERENCE[dataset]} if prompts_only else None  # the undecoded members to decode
     manifest, info = select(dataset_dir, manifest_query, split)
     if selected is not None:
         selected.update(info)
@@ -249,7 +262,8 @@ def examples(dataset_dir: str, size: int, *, manifest_query: str | None = None, 
     for raw in read_samples(dataset_dir, dataset=dataset, manifest=manifest, shuffle=shuffle, seed=seed,
                             resampled=resampled, decode=False):
         try:
-            s = {k: decode_member(schema.member_for(k), v) if isinstance(v, bytes) else v for k, v in raw.items()}
+            s = {k: decode_member(schema.member_for(k), v) if isinstance(v, bytes) else v for k, v in raw.items()
+                 if wanted is None or k in wanted or not isinstance(v, bytes)}
             yield make(s, size, **extra)
         except (BadSample, KeyError, ValueError, TypeError, OSError) as e:  # OSError: PIL on a corrupt member
             reason = e.reason if isinstance(e, BadSample) else type(e).__name__

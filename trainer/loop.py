@@ -22,13 +22,13 @@ from trainer.model import SubjectFlux, to_tensor
 
 # the dataset each objective reads
 OBJECTIVES = {"sft": ("uper", "multiid"), "dpo": ("dip", "iapo"), "focus_dpo": ("dip",), "iapo": ("iapo",),
-              "id": ("multiid",), "refl": ("uper",)}
+              "id": ("multiid",), "refl": ("uper", "dip")}  # refl: prompts and references only (Alg. 1's D_RL)
 
 
 def batches(cfg: TrainConfig, rank: int = 0, skipped: Counter | None = None, selected: dict | None = None):
     stream = examples(cfg.data, cfg.resolution, manifest_query=cfg.manifest_query, split=cfg.split,
                       shuffle=64 if not cfg.overfit else 0, seed=cfg.seed + rank, skipped=skipped, selected=selected,
-                      reference_cache=cfg.reference_cache)
+                      reference_cache=cfg.reference_cache, prompts_only=cfg.objective == "refl")
     while True:
         items = [next(stream) for _ in range(cfg.batch_size)]
         yield collate(items)
@@ -47,9 +47,9 @@ class Losses:
     def __call__(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         return getattr(self, self.cfg.objective)(batch, generator)
 
-    def _noise(self, x0: torch.Tensor, generator: torch.Generator, max_t: float = 1.0):
+    def _noise(self, x0: torch.Tensor, generator: torch.Generator):
         noise = torch.randn(x0.shape, generator=generator).to(x0)
-        t = max_t * torch.rand(x0.shape[0], generator=generator).to(x0)
+        t = torch.rand(x0.shape[0], generator=generator).to(x0)
         return noise, t, (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
 
     def _inputs(self, batch: dict):
@@ -57,10 +57,10 @@ class Losses:
         ref = m.encode_images(to_tensor(batch["ref"])) if "ref" in batch else None
         return m.encode_text(list(batch["prompt"])), ref, size
 
-    def sft(self, batch, generator, extra: dict | None = None, max_t: float = 1.0):
+    def sft(self, batch, generator, extra: dict | None = None):
         text, ref, size = self._inputs(batch)
         x0 = self.model.encode_images(to_tensor(batch["target"]))
-        noise, t, xt = self._noise(x0, generator, max_t)
+        noise, t, xt = self._noise(x0, generator)
         v = self.model(xt, t, text, size, size, reference=ref)
         loss = obj.sft(v, obj.velocity_target(x0, noise))
         if extra is not None:
@@ -131,19 +131,34 @@ class Losses:
         return loss, {"sft": l_diff.detach(), "id": l_id.detach(), "contrastive": l_cl.detach()}
 
     def refl(self, batch, generator):
-        """UPER's RL step (seed 001, sec. 3.3): ReFL on the one-step prediction x_hat = x_t - t v_hat
-        at a late step, decoded; loss = -mean of the composite reward (batch z-scores, 0.2 text,
-        0.2 aesthetic, 0.4 subject), grad_I R_sub clipped at subject_grad_clip."""
-        extra = {}
-        self.sft(batch, generator, extra, max_t=self.cfg.refl_max_t)
-        size = self.cfg.resolution
-        image = self.model.decode(extra["xt"] - extra["t"][:, None, None] * extra["v"], size, size).clamp(0, 1)
+        """UPER's RL step (seed 001, Alg. 1 lines 13-19; ReFL): the policy generates from noise
+        with its current LoRA, without gradients, down to a step drawn from refl_stop of
+        refl_steps; one step with gradients predicts x_hat_0 = x_t - t v_hat, decoded; the
+        rewards score it (0.2 text, 0.2 aesthetic, 0.4 subject, each z-scored over every rank's
+        batch and a window of earlier steps), grad_I R_sub clipped at subject_grad_clip; loss =
+        -R_composite. The reward's gradient reaches the LoRA through that last step only.
+
+        Outside training (the fixed-batch check) there is no distribution to z-score over: the
+        loss is then minus the weighted sum of the raw rewards' means, and the window is untouched."""
+        text, ref, size = self._inputs(batch)
+        m, cfg = self.model, self.cfg
+        noise = torch.randn((len(batch["prompt"]), (size // 16) ** 2, m.channels), generator=generator)
+        noise = noise.to(m.device, m.dtype)
+        stop = int(torch.randint(cfg.refl_stop[0], cfg.refl_stop[1] + 1, (1,), generator=generator))
+        xt, sigma = m.rollout(noise, text, size, cfg.refl_steps, stop, ref, cfg.refl_guidance)
+        t = sigma.expand(len(xt))
+        v = m(xt, t, text, size, size, reference=ref, guidance=cfg.refl_guidance)
+        image = m.decode(xt - t[:, None, None] * v, size, size).clamp(0, 1)
         prompts = list(batch["prompt"])
         subject = self.rewards["subject"](image, to_tensor(batch["ref"]))
         rewards = {"text": self.rewards["text"](image, prompts), "aesthetic": self.rewards["aesthetic"](image, prompts),
-                   "subject": obj.clipped_reward(subject, image, self.cfg.subject_grad_clip)}
-        composite = obj.composite_reward(rewards, self.cfg.reward_weights, self.reward_stats)
-        return -composite.mean(), {f"reward_{k}": v.detach().mean() for k, v in rewards.items()}
+                   "subject": obj.clipped_reward(subject, image, cfg.subject_grad_clip)}
+        stats = {f"reward_{k}": v.detach().mean() for k, v in rewards.items()}
+        stats.update(refl_stop=stop, refl_sigma=float(sigma))
+        if not torch.is_grad_enabled():
+            return -sum(float(w) * rewards[k].mean() for k, w in cfg.reward_weights.items()), stats
+        composite = obj.composite_reward(rewards, cfg.reward_weights, self.reward_stats)
+        return -composite.mean(), stats
 
     def _negatives(self, identities, generator: torch.Generator) -> torch.Tensor:
         """id_negatives bank centers drawn at random, the sample's own identities excluded (by id:
@@ -178,12 +193,12 @@ def fit(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1) -> tuple[Subj
     face_encoder = torch.jit.load(cfg.face_encoder, map_location=device).eval() if cfg.objective == "id" else None
     rewards = None
     if cfg.objective == "refl":
-        from trainer.rewards import SubjectReward, TextReward
+        from trainer.rewards import HPSReward, SubjectReward, TextReward
 
         rewards = {"text": TextReward(cfg.reward_models["text"], device), "subject": SubjectReward(
             cfg.reward_models["subject"], device=device, weights=cfg.r_sub_weights,
             copy_paste_similarity=cfg.copy_paste_similarity, copy_paste_penalty=cfg.copy_paste_penalty),
-            "aesthetic": TextReward(cfg.reward_models["aesthetic"], device)}
+            "aesthetic": HPSReward(cfg.reward_models["aesthetic"], device)}
     losses = Losses(model, cfg, bank, face_encoder, rewards)
     params = model.lora_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)

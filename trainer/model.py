@@ -43,6 +43,7 @@ class SubjectFlux(torch.nn.Module):
         self.transformer.to(device)
         self.device, self.dtype, self.guidance = device, dtype, guidance
         self.vae_scale = pipe.vae_scale_factor  # 8: FLUX's VAE; tokens are 2 x 2 latents (16 px)
+        self.channels = pipe.transformer.config.in_channels  # a packed token: 4 latents of 16 channels
 
     # --- frozen encoders ------------------------------------------------------------------------
     @torch.no_grad()
@@ -76,10 +77,12 @@ class SubjectFlux(torch.nn.Module):
 
     # --- the trained model ------------------------------------------------------------------------
     def forward(self, noisy: torch.Tensor, t: torch.Tensor, text: dict, height: int, width: int,
-                reference: torch.Tensor | None = None, hidden: list | None = None) -> torch.Tensor:
+                reference: torch.Tensor | None = None, hidden: list | None = None,
+                guidance: float | None = None) -> torch.Tensor:
         """Velocity for the noisy target tokens [B, N, 64] at times t [B] in [0, 1]; `reference`:
         packed reference latents [B, R, 64] or None (text-to-image, IAPO). `hidden`: a list that
-        receives each block's image-token states [B, N (+ R), d] (FocusDPO's eq. 2)."""
+        receives each block's image-token states [B, N (+ R), d] (FocusDPO's eq. 2). `guidance`:
+        FLUX [dev]'s distilled guidance input (default: the training value)."""
         n = noisy.shape[1]
         ids = self.image_ids(1, height, width)
         tokens = noisy
@@ -87,11 +90,37 @@ class SubjectFlux(torch.nn.Module):
             ref_ids = self.image_ids(1, height, width, shift=width // (self.vae_scale * 2))
             ids = torch.cat([ids, ref_ids[: reference.shape[1]]], dim=0)
             tokens = torch.cat([noisy, reference.to(noisy.dtype)], dim=1)
-        guidance = torch.full((noisy.shape[0],), self.guidance, device=self.device)
+        guidance = torch.full((noisy.shape[0],), self.guidance if guidance is None else guidance, device=self.device)
         with _capture(self.blocks(), hidden):
             out = self.transformer(hidden_states=tokens, timestep=t.to(self.device), img_ids=ids, guidance=guidance,
                                    return_dict=False, **text)[0]
         return out[:, :n]
+
+    def scheduler(self, steps: int, tokens: int):
+        """FluxPipeline's sampling schedule for `steps` steps at `tokens` image tokens: its
+        FlowMatchEulerDiscreteScheduler (a fresh copy: the step index is its state), its sigmas
+        1 .. 1/steps shifted by the resolution-dependent mu. `.sigmas` ends with 0."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+        sched = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        c = sched.config
+        mu = calculate_shift(tokens, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+        retrieve_timesteps(sched, steps, self.device, sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+        return sched
+
+    @torch.no_grad()
+    def rollout(self, noise: torch.Tensor, text: dict, size: int, steps: int, stop: int,
+                reference: torch.Tensor | None = None, guidance: float | None = None):
+        """The policy's own sample, part way (ReFL): `stop` of `steps` Euler steps of FLUX's
+        sampler from `noise` [B, N, 64] with the current LoRA, without gradients. Returns the
+        tokens x_t there and its sigma t; sigma 1 and x_t = noise when stop is 0."""
+        sched = self.scheduler(steps, noise.shape[1])
+        x = noise
+        for timestep in sched.timesteps[:stop]:
+            v = self(x, (timestep / 1000).expand(len(x)), text, size, size, reference=reference, guidance=guidance)
+            x = sched.step(v, timestep, x).prev_sample  # x + (sigma_next - sigma) v
+        return x, sched.sigmas[stop].to(x)
 
     @property
     def peft(self):

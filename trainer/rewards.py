@@ -1,8 +1,9 @@
 """UPER's differentiable reward models (seed 001, sec. 3.1 and 3.3), as torch modules on images
 [B, 3, H, W] in [0, 1], so ReFL's gradient reaches the generated image.
 
-- `TextReward`: CLIP image-text cosine (R_text: CLIP ViT-L/14). The aesthetic reward R_aes is
-  HPSv2, itself a CLIP scoring an image against its prompt: the same module with HPSv2's weights.
+- `TextReward`: CLIP image-text cosine (R_text: CLIP ViT-L/14, transformers).
+- `HPSReward`: R_aes, HPSv2 (an open_clip ViT-H-14 fine-tuned on human preference pairs): the
+  cosine of the image's and the prompt's features, as HPSv2's own scorer computes it.
 - `SubjectReward`: R_sub of sec. 3.1.3, the mean DINOv2 CLS cosine of spatially corresponding
   224 x 224 patches at stride 112, both images resized to one square first, with app. B.1's
   whole-image cosine when weighted and its penalty above the copy-paste similarity: the components
@@ -12,14 +13,23 @@ The preprocessing (resize, normalise) is the checkpoint's own processor config, 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
+# xswu/HPSv2's newest checkpoint: open_clip's ViT-H-14 state dict under "state_dict"
+HPS_CHECKPOINT, HPS_ARCH = "HPS_v2.1_compressed.pt", "ViT-H-14"
+
 
 def _normalise(images: torch.Tensor, processor, size: int) -> torch.Tensor:
+    return _standardise(images, processor.image_mean, processor.image_std, size)
+
+
+def _standardise(images: torch.Tensor, mean, std, size: int) -> torch.Tensor:
     x = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(processor.image_mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(processor.image_std, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -39,6 +49,38 @@ class TextReward(torch.nn.Module):
         image = F.normalize(m.visual_projection(m.vision_model(pixel_values=x).pooler_output), dim=-1)
         tokens = self.processor.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt").to(self.device)
         text = F.normalize(m.text_projection(m.text_model(**tokens).pooler_output), dim=-1)
+        return (image * text).sum(-1)
+
+
+class HPSReward(torch.nn.Module):
+    """`model`: a hub repo holding HPSv2's checkpoint (xswu/HPSv2: HPS_v2.1 on open_clip's
+    ViT-H-14), a directory holding that file, or a directory in open_clip's local format
+    (open_clip_config.json and the weights; the tiny profile's). Loaded by open_clip itself."""
+
+    def __init__(self, model: str, device: str = "cpu"):
+        super().__init__()
+        import open_clip
+
+        local = Path(model)
+        if (local / "open_clip_config.json").is_file():
+            name, checkpoint = f"local-dir:{local}", None
+        elif (local / HPS_CHECKPOINT).is_file():
+            name, checkpoint = HPS_ARCH, str(local / HPS_CHECKPOINT)
+        else:
+            from huggingface_hub import hf_hub_download
+
+            name, checkpoint = HPS_ARCH, hf_hub_download(model, HPS_CHECKPOINT)
+        self.model = open_clip.create_model(name, pretrained=checkpoint, device=device, require_pretrained=True)
+        self.model.eval().requires_grad_(False)
+        self.tokenizer = open_clip.get_tokenizer(name)
+        pre = self.model.visual.preprocess_cfg
+        self.mean, self.std, self.size = pre["mean"], pre["std"], self.model.visual.image_size[0]
+        self.device = device
+
+    def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        x = _standardise(images, self.mean, self.std, self.size).to(self.device)
+        image = self.model.encode_image(x, normalize=True)
+        text = self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True)
         return (image * text).sum(-1)
 
 

@@ -34,3 +34,12 @@ def test_the_gpu_profile_shows_the_same_settings():
     gpu = load_config(TrainConfig, GPU)
     assert (gpu.learning_rate, gpu.batch_size, gpu.lora_rank, gpu.steps) == (1e-8, 1, 32, 2000)
     assert load_config(TrainConfig, GPU, ["objective=iapo"]).beta_dpo == 1000.0
+
+
+def test_refl_stop_must_lie_within_the_rollout():
+    from configs import TrainConfig
+
+    assert TrainConfig(objective="refl").refl_stop == (21, 27) and TrainConfig().refl_steps == 28
+    for bad in ((3, 2), (-1, 4), (0, 28)):
+        with pytest.raises(ValueError, match="refl_stop"):
+            TrainConfig(objective="refl", refl_stop=bad)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import tiny_config
 
 
 def train_args(tmp_path, data: str, **overrides) -> list[str]:
@@ -183,17 +183,21 @@ def test_objective_and_dataset_must_match(dip_tiny, tmp_path, capsys):
     assert e.value.code == 2 and "objective: Input should be 'sft', 'dpo'" in capsys.readouterr().err
 
 
-def test_refl_on_uper_shards(uper_tiny, tmp_path):
-    """UPER's ReFL with the tiny CLIP (text and aesthetic) and tiny DINOv2 (R_sub) as rewards."""
+@pytest.mark.parametrize("dataset", ["uper", "dip"])
+def test_refl_on_prompts_and_references(dataset, uper_tiny, dip_tiny, tmp_path):
+    """UPER's ReFL with train.tiny.yaml's reward models, the tiny CLIP (R_text), HPSv2 (R_aes,
+    open_clip) and DINOv2 (R_sub), on a UPER or a DIP dataset's prompts and references: the policy
+    samples, no target is read."""
     from pipelines import train
 
-    models = {"text": str(ROOT / "out/tiny-models/clip"), "aesthetic": str(ROOT / "out/tiny-models/clip"),
-              "subject": str(ROOT / "out/tiny-models/image_encoder")}
-    summary = train.main(train_args(tmp_path, f"{uper_tiny[1]}/uper", objective="refl", steps=3, reward_models=models))
+    out = {"uper": uper_tiny, "dip": dip_tiny}[dataset][1]
+    summary = train.main(train_args(tmp_path, f"{out}/{dataset}", objective="refl", steps=3, refl_steps=6,
+                                    refl_stop=[3, 5]))
     log = metrics(tmp_path)
     assert len(log) == 3 and all(r["grad_norm"] > 0 for r in log)
     for r in log:
         assert all(-1 <= r[f"reward_{k}"] <= 1 for k in ("text", "aesthetic", "subject"))
+        assert 3 <= r["refl_stop"] <= 5 and 0 < r["refl_sigma"] < 1
     assert summary["skipped"] == {}
 
 
