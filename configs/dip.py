@@ -40,6 +40,11 @@ class DIPConfig(PipelineConfig):
     inpaint_steps: int = 50
     inpaint_guidance: float = 30.0
     vlm_max_new_tokens: int = 256
+    # template: each subject's region caption is its subject phrase (which holds its class noun), and
+    # the caption VLM is not run: a random-weight VLM (the tiny and photos profiles) writes bytes,
+    # not captions, and a new user would read them in the manifest and the report
+    captions: Literal["vlm", "template"] = Field("vlm", description="region captions: the VLM's, or the "
+                                                 "subject phrases (caption_source in the manifest)")
     complexity_patch: int = Field(16, description="eq. 7-8 patch size: one latent-grid cell")
     text_to_image: ModelSpec = ModelSpec(model="black-forest-labs/FLUX.1-dev")
     inpainting: ModelSpec = ModelSpec(model="black-forest-labs/FLUX.1-Fill-dev")

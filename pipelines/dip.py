@@ -94,10 +94,13 @@ def plan(cfg: DIPConfig, workers: dict | None = None) -> Plan:
         cpu("boxes", dip.grounding_boxes)
         model("segment", "segmentation", image="win", boxes="boxes")
         cpu("prior", partial(dip.prior_from_masks, **areas))
-    cpu("caption_queries", dip.caption_queries)
-    model("caption", "vlm", images=["crops"], prompt="caption_prompts", output="caption_raw",
-          max_new_tokens=cfg.vlm_max_new_tokens)
-    cpu("captions", partial(dip.region_captions, qa=cfg.qa))
+    if cfg.captions == "template":
+        cpu("captions", dip.template_captions)
+    else:
+        cpu("caption_queries", dip.caption_queries)
+        model("caption", "vlm", images=["crops"], prompt="caption_prompts", output="caption_raw",
+              max_new_tokens=cfg.vlm_max_new_tokens)
+        cpu("captions", partial(dip.region_captions, qa=cfg.qa))
     if cfg.inpainter == "opencv":
         cpu("inpaint", partial(dip.opencv_loser, dilation_px=cfg.mask_dilation_px))
     else:
@@ -122,7 +125,7 @@ def manifest_fields(cfg: DIPConfig) -> dict:
     generated = cfg.source != "photos"
     return {
         "source": cfg.source, "segmenter": cfg.segmenter, "inpainter": cfg.inpainter,
-        "qa": "enabled" if cfg.qa else "disabled",
+        "qa": "enabled" if cfg.qa else "disabled", "caption_source": cfg.captions,
         "generation_mode": cfg.generation_mode if generated else None,
         "model_text_to_image": cfg.text_to_image.model if generated else None,
         "model_inpainting": cfg.inpainting.model if cfg.inpainter == "flux_fill" else "opencv-telea",

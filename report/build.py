@@ -28,6 +28,7 @@ from schemas.reader import load_manifest, load_rejects, read_samples
 from schemas.registry import get_schema
 from report import cards as C
 from report import charts
+from report.review import borderline, write_review
 from schemas.store import DatasetDir, resolve_filesystem
 
 TITLES = {
@@ -125,16 +126,24 @@ def default_out(dataset_dir: str) -> Path:
 
 
 def build_report(dataset_dir: str, out: str | os.PathLike | None = None, *, query: str | None = None,
-                 samples: int = 240, per_page: int = 24, seed: int = 0) -> dict:
-    """Write the report; returns {"out", "pages" (paths), "samples", "problems"}."""
+                 samples: int = 240, per_page: int = 24, seed: int = 0, review: bool = False) -> dict:
+    """Write the report; returns {"out", "pages" (paths), "samples", "problems", "review"}. DIP:
+    review.csv lists the samples next to the rubric gates (report.review); `review` shows only them."""
     if samples < 1 or per_page < 1:
         raise ValueError("samples and per_page must be >= 1")
     dataset = DatasetDir.open(dataset_dir).dataset
     schema = get_schema(dataset)
     manifest = load_manifest(dataset_dir)
-    chosen, selection = select(manifest, query, samples, seed)
+    if review and dataset != "dip":
+        raise ValueError(f"the review list is DIP's (rubric scores next to the gates), not {dataset}'s")
     out_dir = Path(out) if out is not None else default_out(dataset_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    to_review = borderline(manifest) if dataset == "dip" else None
+    if to_review is not None:
+        write_review(to_review, out_dir / "review.csv")
+    chosen, selection = select(to_review if review else manifest, query, samples, seed)
+    if review:
+        selection = f"the review list (rubric scores 8-9 / 6-7): {selection}"
     for old in out_dir.glob("page-*.html"):  # a smaller rerun must not leave stale pages linked nowhere
         old.unlink()
 
@@ -159,6 +168,7 @@ def build_report(dataset_dir: str, out: str | os.PathLike | None = None, *, quer
     env = Environment(loader=FileSystemLoader(Path(__file__).parent), autoescape=select_autoescape(["j2", "html"]))
     template = env.get_template("page.html.j2")
     info = summary(dataset_dir, dataset, manifest)
+    info["review"] = None if to_review is None else len(to_review)
     paths = []
     for p in pages:
         start = (p["number"] - 1) * per_page
@@ -177,4 +187,4 @@ def build_report(dataset_dir: str, out: str | os.PathLike | None = None, *, quer
          "per_page": per_page, "keys": [c.key for c in rendered],
          "problems": {c.key: c.problems for c in rendered if c.problems}}, indent=1))
     return {"out": out_dir, "pages": paths, "samples": len(rendered),
-            "problems": sum(bool(c.problems) for c in rendered)}
+            "problems": sum(bool(c.problems) for c in rendered), "review": info["review"]}

@@ -80,6 +80,8 @@ def dip(row: dict, sample: dict, ctx: dict) -> Card:
                                         row.get("neg_scores") or [])]
     c.facts = facts(row, ("category", "pos_scores", "pos_threshold", "neg_scores", "neg_threshold",
                           "encoder_cosine", "mask_area", "source", "generation_mode", "qa"))
+    if row.get("captions") is not None:  # the inpainting prompt; a template's are the subject phrases
+        c.facts.append((f"captions ({row.get('caption_source') or 'vlm'})", "; ".join(map(str, row["captions"]))))
     return c
 
 

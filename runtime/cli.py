@@ -82,10 +82,15 @@ def cmd_validate(args, rest) -> int:
 def cmd_report(args, rest) -> int:
     from report import build_report
 
-    r = build_report(args.dir, args.out, query=args.query, samples=args.samples, per_page=args.per_page,
-                     seed=args.seed)
+    try:
+        r = build_report(args.dir, args.out, query=args.query, samples=args.samples, per_page=args.per_page,
+                         seed=args.seed, review=args.review)
+    except ValueError as e:  # a usage error (--review on another dataset, --samples 0): one line, exit 2
+        print(f"subjectforge report: {e}", file=sys.stderr)
+        return 2
     problems = f"; {r['problems']} with problems (shown on their cards)" if r["problems"] else ""
-    print(f"{r['samples']} samples on {len(r['pages'])} pages{problems}\nopen {r['pages'][0]}")
+    review = f"\n{r['review']} samples to review by hand: {r['out']}/review.csv" if r["review"] is not None else ""
+    print(f"{r['samples']} samples on {len(r['pages'])} pages{problems}{review}\nopen {r['pages'][0]}")
     return 0
 
 
@@ -151,6 +156,8 @@ def main(argv=None) -> int:
     rp.add_argument("--samples", type=int, default=240, help="at most this many samples (a seeded draw)")
     rp.add_argument("--per-page", type=int, default=24)
     rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--review", action="store_true", help="DIP: only the samples of review.csv (rubric scores "
+                                                          "next to the gates, 8-9 / 6-7)")
     f = sub.add_parser("forget", help="identity takedown: remove an identity's reference photos, every group photo "
                                       "a face of which reaches its center, its bank row; keep a tombstone")
     f.add_argument("dataset", choices=["multiid"])

@@ -4,7 +4,7 @@ import pyarrow as pa
 
 from schemas.contract import DatasetSchema, Member
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: caption_source
 
 f32, i32, s = pa.float32(), pa.int32(), pa.string()
 
@@ -48,7 +48,8 @@ SCHEMA = DatasetSchema(
         pa.field("boxes", pa.list_(pa.list_(f32))),  # xyxy pixels in x_w, one per subject
         pa.field("mask_area", f32),  # fraction of x_w covered by M_prior
         pa.field("mask_areas", pa.list_(f32)),
-        pa.field("captions", pa.list_(s)),  # VLM region caption per subject
+        pa.field("captions", pa.list_(s)),  # region caption per subject
+        pa.field("caption_source", s),  # vlm / template (the subject phrases: captions: template)
         pa.field("source", s),  # generate / prompts / photos
         pa.field("segmenter", s),
         pa.field("inpainter", s),

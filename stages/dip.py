@@ -54,8 +54,11 @@ def check_subjects(row: dict) -> dict:
 
 @step(reads=("subjects",), optional=("categories", "category"), writes=("rubric_prompts",))
 def rubric_questions(row: dict) -> dict:
-    """One rubric prompt per subject (Fig. 13): multi-subject pairs must pass for every subject."""
-    row["rubric_prompts"] = [rubric_prompt(c, s) for c, s in zip(categories(row), row["subjects"])]
+    """One rubric prompt per subject (Fig. 13): multi-subject pairs must pass for every subject;
+    each prompt's counting question sets the sample's other subjects aside."""
+    subjects = list(row["subjects"])
+    row["rubric_prompts"] = [rubric_prompt(c, s, others=subjects[:i] + subjects[i + 1:])
+                             for i, (c, s) in enumerate(zip(categories(row), subjects))]
     return row
 
 
@@ -173,6 +176,14 @@ def region_captions(row: dict, qa: bool) -> dict:
         captions.append(parsed.value if parsed.ok else str(subject))
     row["captions"] = captions
     row["inpaint_prompt"] = "; ".join(captions)
+    return row
+
+
+@step(reads=("subjects",), writes=("captions", "inpaint_prompt"))
+def template_captions(row: dict) -> dict:
+    """`captions: template`: each subject's phrase (its class noun and attributes) as its caption."""
+    row["captions"] = [str(s) for s in row["subjects"]]
+    row["inpaint_prompt"] = "; ".join(row["captions"])
     return row
 
 

@@ -45,6 +45,8 @@ class RubricQuestion:
     normalised: str  # reworded so that "Yes" means consistent (== original when not flipped)
     flipped: bool  # the original asks about a difference: its "No" is the consistent answer
     not_visible_is_consistent: bool  # the paper says to answer "Yes" when the aspect is obscured
+    # the counting question (1) of a multi-subject sample, with {others}: see COUNTING
+    per_subject: str | None = None
 
     def text(self, wording: str = "normalised") -> str:
         return self.original if wording == "original" else self.normalised
@@ -57,15 +59,20 @@ class Rubric:
     questions: tuple[RubricQuestion, ...]
 
 
-def _q(number, aspect, original, normalised=None, not_visible=False) -> RubricQuestion:
-    return RubricQuestion(number, aspect, original, normalised or original, normalised is not None, not_visible)
+def _q(number, aspect, original, normalised=None, not_visible=False, per_subject=None) -> RubricQuestion:
+    return RubricQuestion(number, aspect, original, normalised or original, normalised is not None, not_visible,
+                          per_subject)
+
+
+_APART = "Apart from the other subjects the prompt names ({others}), does each image contain exactly one "
 
 
 _NV = 'If obscured or not visible, return "Yes".'
 _PARTIAL = 'If partially obscured, return "Yes".'
 
 HUMAN = Rubric("human", "Human Identity Consistency Evaluation Criteria", (
-    _q(1, "Single Subject", "Does each image contain exactly one human subject (no crowds/obstructions)?"),
+    _q(1, "Single Subject", "Does each image contain exactly one human subject (no crowds/obstructions)?",
+       per_subject=_APART + "human subject (no duplicates of this person, no crowds/obstructions)?"),
     _q(2, "Clothing - Critical Aspects", "Are the styles and patterns of the garments different?",
        "Are the styles and patterns of the garments the same?"),
     _q(3, "Hair Accessories - Critical Aspects",
@@ -92,7 +99,8 @@ HUMAN = Rubric("human", "Human Identity Consistency Evaluation Criteria", (
 ))
 
 ANIMAL = Rubric("animal", "Animal Identity Consistency Evaluation Criteria", (
-    _q(1, "Single Subject", "Does each image contain exactly one animal subject (no multiple animals/obstructions)?"),
+    _q(1, "Single Subject", "Does each image contain exactly one animal subject (no multiple animals/obstructions)?",
+       per_subject=_APART + "animal subject (no duplicates of this animal, no further animals/obstructions)?"),
     _q(2, "Species and Breed", "Are the species and breed characteristics identical in both images?"),
     _q(3, "Fur/Coat Pattern", "Are the fur patterns, markings, and colorations consistent between both images?"),
     _q(4, "Body Proportions", "Are the body size, limb proportions, and overall physical structure similar? "
@@ -114,7 +122,8 @@ ANIMAL = Rubric("animal", "Animal Identity Consistency Evaluation Criteria", (
 ))
 
 OBJECT = Rubric("object", "Object Identity Consistency Evaluation Criteria", (
-    _q(1, "Single Object", "Does each image contain exactly one target object (no multiple objects/obstructions)?"),
+    _q(1, "Single Object", "Does each image contain exactly one target object (no multiple objects/obstructions)?",
+       per_subject=_APART + "target object (no duplicates of this object, no further objects/obstructions)?"),
     _q(2, "Object Type and Category", "Are the object type and category characteristics identical in both images?"),
     _q(3, "Color and Material", "Are the colors, textures, and material properties consistent between both "
        "images?"),
@@ -164,14 +173,33 @@ _FORMAT = ("Answer with exactly ten lines, one per question, in the form \"1. Ye
            "nothing else.")
 
 
-def rubric_prompt(category: str, subject: str | None = None, wording: str = "normalised") -> str:
-    """The prompt asking all ten questions of the category's rubric, numbered, one Yes/No per line."""
+# Question 1 of each rubric counts subjects ("exactly one animal subject"). A multi-subject sample
+# asks the rubric once per subject, and a correct image of two dogs would answer it No for both:
+# there the question counts this subject only, the prompt's others set aside by name (either
+# wording; the verbatim one cannot be answered Yes on a correct image).
+COUNTING = 1
+
+
+def counting_question(q: RubricQuestion, wording: str, others: tuple[str, ...] = ()) -> str:
+    """Question q's text; question `COUNTING` set to one subject of a sample whose other subjects
+    are `others` when there are any."""
+    if q.per_subject is None or not others:
+        return q.text(wording)
+    return q.per_subject.format(others=", ".join(o.strip() for o in others))
+
+
+def rubric_prompt(category: str, subject: str | None = None, wording: str = "normalised",
+                  others: tuple[str, ...] | list[str] = ()) -> str:
+    """The prompt asking all ten questions of the category's rubric, numbered, one Yes/No per line;
+    `others`: the sample's other subjects (multi-subject prompts), set aside by question 1."""
     if wording not in WORDINGS:
         raise ValueError(f"wording must be one of {WORDINGS}, not {wording!r}")
     rubric = rubric_for(category)
     noun = {"human": "person", "animal": "animal", "object": "object"}[rubric.name]
     what = f"{noun} ({subject.strip()})" if subject and subject.strip() else noun
-    questions = "\n".join(f"{q.number}. **{q.aspect}**: {q.text(wording)}" for q in rubric.questions)
+    others = tuple(o for o in others if o and o.strip())
+    questions = "\n".join(f"{q.number}. **{q.aspect}**: {counting_question(q, wording, others)}"
+                           for q in rubric.questions)
     return "\n\n".join([_INTRO.format(what=what), rubric.title, questions, _FORMAT])
 
 
@@ -221,6 +249,9 @@ def _strip_echo(text: str, q: RubricQuestion) -> str:
         i = text.lower().find(echo.lower())
         if i >= 0:
             text = text[:i] + " : " + text[i + len(echo):]
+    if q.per_subject:  # the per-subject form, whatever it named: its "(no duplicates ...)" is not an answer
+        head, tail = q.per_subject.split("{others}")
+        text = re.sub(re.escape(head) + ".*?" + re.escape(tail), " : ", text, flags=re.I)
     return _CLAUSE.sub(" ", text)
 
 
@@ -319,5 +350,6 @@ def parse_rubric(answer: str | None, category: str, wording: str = "normalised")
     return ok(RubricResult(rubric.name, sum(a == "yes" for a in answers), answers, raw, not_visible, wording))
 
 
-__all__ = ["ANIMAL", "CATEGORY_RUBRIC", "HUMAN", "N_QUESTIONS", "OBJECT", "RUBRICS", "Rubric", "RubricQuestion",
-           "RubricResult", "is_negative", "is_positive", "parse_rubric", "rubric_for", "rubric_prompt"]
+__all__ = ["ANIMAL", "CATEGORY_RUBRIC", "COUNTING", "HUMAN", "N_QUESTIONS", "OBJECT", "RUBRICS", "Rubric", "RubricQuestion",
+           "RubricResult", "counting_question", "is_negative", "is_positive", "parse_rubric", "rubric_for",
+           "rubric_prompt"]

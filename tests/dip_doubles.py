@@ -65,9 +65,11 @@ def plan_args(common: dict) -> dict:
 
 
 def script_for(prompt: str) -> str:
-    """The scripted subject a prompt is about (rubric: "object (name)", captions: "subject, name,")."""
+    """The scripted subject a prompt is about (rubric: "object (name)", captions: "subject, name,"),
+    read from its first paragraph: a rubric's question 1 names the sample's other subjects."""
+    head = prompt.split("\n\n")[0]
     for name in sorted(RUBRIC_SCRIPT, key=len, reverse=True):
-        if re.search(rf"\b{name}\b", prompt):
+        if re.search(rf"\b{name}\b", head):
             return name
     return "teapot"
 

@@ -166,6 +166,9 @@ def test_tiny_profile_run(dip_tiny):
     assert report.ok, report.problems[:5]
     assert set(manifest["qa"]) == {"disabled"} and info["config"]["qa"] is False
     assert manifest["n_subjects"].min() == 1 and manifest["n_subjects"].max() >= 2
+    # the random VLM's captions would be bytes: the subject phrases, marked as a template
+    assert set(manifest["caption_source"]) == {"template"}
+    assert [list(c) for c in manifest["captions"]] == [list(s) for s in manifest["subjects"]]
     assert set(rejects["reason"]) <= {"no_box", "empty_mask", "mask_too_small", "mask_too_large"}
     for key, s in list(members(out).items())[:4]:
         win, lose = image(s["win.jpg"]), image(s["lose.jpg"])
@@ -186,6 +189,24 @@ def test_photos_cover_the_subjects(dip_photos):
     assert manifest["subjects"].map(tuple).nunique() >= 25
     assert manifest["mask_area"].between(0.02, 0.9).all()
     assert set(manifest["source"]) == {"photos"} and set(manifest["segmenter"]) == {"salient"}
+
+
+def test_demo_report_shows_template_captions_not_random_bytes(dip_photos, tmp_path):
+    """What `make demo` shows a new user: the captions are the subject phrases, marked template
+    in the manifest and on the report's cards, and no page holds the random VLM's bytes."""
+    from report import build_report
+    from schemas import load_manifest
+
+    _, out, _ = dip_photos
+    manifest = load_manifest(f"{out}/dip")
+    assert set(manifest["caption_source"]) == {"template"}
+    assert [list(c) for c in manifest["captions"]] == [list(s) for s in manifest["subjects"]]
+    pages = build_report(f"{out}/dip", tmp_path / "report")["pages"]
+    html = "".join(p.read_text(encoding="utf-8") for p in pages)
+    assert html.count("captions (template)") == len(manifest)
+    for caption in manifest["captions"]:
+        assert "; ".join(caption) in html
+    assert "\ufffd" not in html and "This image shows" not in html
 
 
 def test_photos_loser_differs_only_inside_the_dilated_mask(dip_photos):

@@ -209,3 +209,40 @@ def test_empty_dataset_and_cli(synthetic_dip, tmp_path, capsys):
                 "--samples", "20"]) == 0
     printed = capsys.readouterr().out
     assert "20 samples on 2 pages" in printed and str(tmp_path / "cli" / "index.html") in printed
+
+
+def test_dip_review_list_is_the_scores_next_to_the_gates(ray_local, tmp_path, capsys):
+    """review.csv: the kept samples a person should check, a positive rubric score of 8-9 or a
+    negative one of 6-7 for some subject (the gates are >= 9 / <= 6); --review shows only them;
+    the list is DIP's, --review elsewhere is a usage error."""
+    import csv
+
+    scores = [(10, 2, ""), (9, 3, "positive 9"), (8, 1, "positive 8"), (10, 6, "negative 6"),
+              (10, 7, "negative 7"), (9, 6, "positive 9; negative 6"), (10, 5, ""), (None, None, "")]
+    rows = synthetic_rows("dip", len(scores), seed=5)
+    expected = {}
+    for row, (pos, neg, why) in zip(rows, scores):
+        k = len(row["subjects"])
+        row["boxes"] = [[4.0, 4.0, 40.0, 40.0 + i] for i in range(k)]
+        row["pos_scores"], row["neg_scores"] = [10] * (k - 1) + [pos], [0] * (k - 1) + [neg]
+        if why:
+            expected[row["key"]] = why
+    out = tmp_path / "dip"
+    write_rows(rows, str(out), "dip", target_samples=8)
+    assert cli(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    assert "5 samples to review by hand" in capsys.readouterr().out
+    with (tmp_path / "r" / "review.csv").open() as f:
+        listed = list(csv.DictReader(f))
+    assert {r["key"]: r["borderline"] for r in listed} == expected
+    assert [r["key"] for r in listed] == sorted(expected)
+    assert all(len(r["pos_scores"].split(";")) == len(r["subjects"].split(";")) for r in listed)
+    assert "review.csv" in (tmp_path / "r" / "index.html").read_text()
+
+    only = build_report(str(out), tmp_path / "only", review=True)
+    assert sorted(json.loads((tmp_path / "only" / "report.json").read_text())["keys"]) == sorted(expected)
+    assert only["samples"] == only["review"] == 5
+
+    uper = tmp_path / "uper"
+    write_rows(synthetic_rows("uper", 2), str(uper), "uper", target_samples=8)
+    assert cli(["report", str(uper), "--review"]) == 2 and "the review list is DIP's" in capsys.readouterr().err
+    assert build_report(str(uper), tmp_path / "u")["review"] is None and not (tmp_path / "u" / "review.csv").exists()

@@ -89,6 +89,35 @@ def test_rubric_prompt_lists_ten_numbered_questions(wording):
         R.rubric_prompt("object", wording="flipped")
 
 
+def test_counting_question_is_per_subject_in_multi_subject_prompts():
+    """Issue 18, 7b: a correct image of two dogs answers "exactly one animal subject" No for both
+    subjects. DIP's rubric_questions sets the other subjects aside by name in question 1 (only),
+    so ten Yes scores 10 for each; a single-subject prompt keeps the paper's question verbatim."""
+    from stages.dip import rubric_questions
+
+    row = rubric_questions({"subjects": ["a corgi", "a poodle"], "category": "animal"})
+    first = [p.splitlines()[4] for p in row["rubric_prompts"]]
+    assert first == ["1. **Single Subject**: Apart from the other subjects the prompt names (a poodle), does each "
+                     "image contain exactly one animal subject (no duplicates of this animal, no further "
+                     "animals/obstructions)?",
+                     "1. **Single Subject**: Apart from the other subjects the prompt names (a corgi), does each "
+                     "image contain exactly one animal subject (no duplicates of this animal, no further "
+                     "animals/obstructions)?"]
+    for p in row["rubric_prompts"]:  # questions 2-10 are the paper's
+        for q in R.ANIMAL.questions[1:]:
+            assert q.normalised in p
+    assert R.parse_rubric(lines_of(10), "animal").value.score == 10
+    single = rubric_questions({"subjects": ["a corgi"], "category": "animal"})["rubric_prompts"][0]
+    assert R.ANIMAL.questions[0].original in single and "Apart from" not in single
+    # the per-subject question echoed with its answer: its "(no duplicates" is not read as the verdict
+    echo = "1. " + R.counting_question(R.OBJECT.questions[0], "normalised", ("a cup",))
+    rest = "\n".join(f"{i}. Yes" for i in range(2, 11))
+    assert R.parse_rubric(f"{echo} Yes\n{rest}", "object").value.score == 10
+    assert R.parse_rubric(f"{echo} No\n{rest}", "object").value.inconsistent == (1,)
+    for rubric in R.RUBRICS.values():
+        assert [q.number for q in rubric.questions if q.per_subject] == [R.COUNTING]
+
+
 # --- the rubric: parsing ------------------------------------------------------------------------
 
 def test_rubric_clean_answer_scores():
