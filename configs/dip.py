@@ -65,4 +65,5 @@ class DIPConfig(PipelineConfig):
             "inpaint_guidance", "complexity_patch"})
         return fields | {"models": [m.model for m in (self.text_to_image, self.inpainting, self.grounding,
                                                       self.segmentation, self.vlm, self.image_encoder,
-                                                      self.background_removal)]}
+                                                      self.background_removal)]} | (
+            {"captions": self.captions} if self.captions != "vlm" else {})  # the default leaves earlier keys alone

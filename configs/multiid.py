@@ -2,6 +2,8 @@
 defaults (the description cites where); `output_fields()` lists what enters a sample's key."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from runtime.config import ModelSpec, PipelineConfig
@@ -37,6 +39,10 @@ class MultiIDConfig(PipelineConfig):
     holdout_count: int | None = None  # overrides holdout_fraction
     write_names: bool = False  # bank/names.json: identity_id -> name (the paper keeps no names)
     caption_max_new_tokens: int = 128
+    # template: "This image shows N people." from the face count, and no caption VLM: a random-weight
+    # VLM (the tiny profile) writes bytes, not captions (caption_source in the manifest)
+    captions: Literal["vlm", "template"] = Field("vlm", description="captions: the VLM's (app. I.1), or a "
+                                                 "template from the face count")
     face_analysis: ModelSpec = ModelSpec(model="buffalo_l", dtype="float32")
     vlm: ModelSpec = ModelSpec(model="Qwen/Qwen2.5-VL-7B-Instruct")
     text_detection: ModelSpec = ModelSpec(model="PP-OCRv4", dtype="float32")  # the det model in the rapidocr wheel
@@ -48,4 +54,5 @@ class MultiIDConfig(PipelineConfig):
     def output_fields(self) -> dict:
         return self.model_dump(include={"seed", "dbscan_eps", "dbscan_min_samples", "min_references", "max_side",
                                         "retrieval_threshold_low", "retrieval_threshold_high"}) | {
-            "models": [self.face_analysis.model, self.vlm.model]}  # not the filters': a new floor re-decides, keys stay
+            "models": [self.face_analysis.model, self.vlm.model]} | (  # not the filters': a new floor re-decides, keys stay
+            {"captions": self.captions} if self.captions != "vlm" else {})  # the default leaves earlier keys alone

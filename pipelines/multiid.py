@@ -155,15 +155,18 @@ def group_plan(cfg: MultiIDConfig, workers: dict | None = None) -> Plan:
     steps.model("aesthetic", "aesthetic", image="image")
     steps.cpu("appearance", partial(mid.appearance, max_text_fraction=cfg.max_text_fraction,
                                     min_aesthetic=cfg.min_aesthetic))
-    steps.cpu("caption_query", partial(mid.caption_query, seed=cfg.seed))
-    steps.model("caption_vlm", "vlm", images=["image"], prompt="caption_prompt", output="caption_raw",
-                system=CAPTION_SYSTEM_PROMPT, max_new_tokens=cfg.caption_max_new_tokens)
-    steps.cpu("caption", partial(mid.caption, max_words=cfg.caption_max_words, repair=cfg.caption_repair))
+    if cfg.captions == "template":
+        steps.cpu("caption", mid.template_caption)
+    else:
+        steps.cpu("caption_query", partial(mid.caption_query, seed=cfg.seed))
+        steps.model("caption_vlm", "vlm", images=["image"], prompt="caption_prompt", output="caption_raw",
+                    system=CAPTION_SYSTEM_PROMPT, max_new_tokens=cfg.caption_max_new_tokens)
+        steps.cpu("caption", partial(mid.caption, max_words=cfg.caption_max_words, repair=cfg.caption_repair))
     steps.gather("holdout", partial(holdout, cfg=cfg), reads=("identity", "paired"), needs=("previous_held_out",),
                  provides=("held",))
     steps.cpu("split", mid.bench_split, needs=("held", "references"))
     steps.cpu("reload", partial(mid.reload, **load_args(cfg)))
-    fields = {"model_face_analysis": cfg.face_analysis.model, "model_vlm": cfg.vlm.model,
+    fields = {"model_face_analysis": cfg.face_analysis.model, "model_vlm": cfg.vlm.model, "caption_source": cfg.captions,
               "model_text_detection": cfg.text_detection.model, "model_aesthetic": cfg.aesthetic.model}
     steps.cpu("finalize", partial(mid.finalize, fields=fields), writes=tuple(fields))
     steps.cpu("encode", partial(encode_members, schema=SCHEMA))

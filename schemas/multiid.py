@@ -4,7 +4,7 @@ import pyarrow as pa
 
 from schemas.contract import DatasetSchema, Member
 
-SCHEMA_VERSION = 3  # 2: `identity`, the assignment at assign_threshold; 3: hashed ids, every face, reached, text
+SCHEMA_VERSION = 4  # 2: `identity`, the assignment at assign_threshold; 3: hashed ids, every face, reached, text; 4: caption_source
 
 f32, i32, s = pa.float32(), pa.int32(), pa.string()
 
@@ -44,6 +44,7 @@ SCHEMA = DatasetSchema(
         pa.field("caption", s),
         pa.field("caption_prompt_index", i32),  # which of the six prompts of app. I.1
         pa.field("caption_repaired", pa.bool_()),  # cut to 77 words / "This image shows" prefixed
+        pa.field("caption_source", pa.string()),  # vlm / template (the face count: captions: template)
         pa.field("split", s),  # train / bench
         pa.field("model_face_analysis", s),
         pa.field("model_vlm", s),

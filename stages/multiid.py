@@ -222,6 +222,15 @@ def caption(row: dict, max_words: int, repair: bool) -> dict:
     return row
 
 
+@step(reads=("n_faces",), writes=("caption", "caption_repaired"))
+def template_caption(row: dict) -> dict:
+    """`captions: template`: app. I.1's opening and the number of people, every face counted."""
+    n = int(row["n_faces"])
+    row["caption"] = f"{CAPTION_PREFIX} {'one person' if n == 1 else f'{n} people'}."
+    row["caption_repaired"] = False
+    return row
+
+
 @step(reads=("key",), writes=("identity_id", "center_similarity"), rejects=("outlier", "too_few_references"))
 def bank_verdict(row: dict, verdicts: dict, members: dict) -> dict:
     """The reference bank's verdict on a single-person photo: its identity id and similarity to

@@ -122,7 +122,7 @@ def build_world(tmp_path_factory):
     group_listing = tmp / "groups.csv"
     pd.DataFrame(groups).to_csv(group_listing, index=False)
     path = config(assets, tmp, singles=str(listing), groups=str(group_listing), max_image_pixels=20_000_000,
-                  write_names=True, holdout_count=1)
+                  write_names=True, holdout_count=1, captions="vlm")  # the VLM's, scripted: the caption rules
     out = tmp / "out"
     info = multiid.main(["--config", str(path), "--out", str(out)],
                         workers={"vlm": CaptionVLM, "face_analysis": NaNFaces})
