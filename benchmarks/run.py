@@ -198,3 +198,9 @@ def main(argv=None) -> list[dict]:
 
 if __name__ == "__main__":
     main()
+    # Every row is printed and written. The in-process benchmarks leave Ray, ONNX Runtime and torch
+    # threads behind, and their teardown at interpreter exit segfaulted once in CI (exit -11 after
+    # the full table): skip the teardown rather than report a finished run as a crash.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
