@@ -17,7 +17,7 @@ import torch
 
 from configs import TrainConfig
 from trainer import objectives as obj
-from trainer.data import collate, examples, negative_pool
+from trainer.data import TOKEN_PX, collate, examples, negative_pool
 from trainer.model import SubjectFlux, to_tensor
 
 # the dataset each objective reads
@@ -142,7 +142,7 @@ class Losses:
         loss is then minus the weighted sum of the raw rewards' means, and the window is untouched."""
         text, ref, size = self._inputs(batch)
         m, cfg = self.model, self.cfg
-        noise = torch.randn((len(batch["prompt"]), (size // 16) ** 2, m.channels), generator=generator)
+        noise = torch.randn((len(batch["prompt"]), (size // TOKEN_PX) ** 2, m.channels), generator=generator)
         noise = noise.to(m.device, m.dtype)
         stop = int(torch.randint(cfg.refl_stop[0], cfg.refl_stop[1] + 1, (1,), generator=generator))
         xt, sigma = m.rollout(noise, text, size, cfg.refl_steps, stop, ref, cfg.refl_guidance)
