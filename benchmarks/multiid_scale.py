@@ -8,12 +8,12 @@ ratio would measure the queue, not what the pipeline holds.
 
     python benchmarks/multiid.py --scale [--groups 30] [--identities 8] [--side 1024] [--json out.json]
 
-The stand-in (`FaceStandIn`) is a Worker with FaceAnalysis's columns: the generated photos carry
-their faces' identities in flat 32 px blocks of the top row (JPEG keeps a flat block's level), and
-it returns one 112 px face per coded identity with a random unit embedding at cosine ~0.7 to that
-identity's center (or a stranger's random embedding). Photos are real size (--side, 4:3), smooth
-gradients with noise, so decoding, OCR, the aesthetic model, captions and JPEG encoding do their
-real work; only SCRFD / ArcFace are not run. Nothing asserts a time.
+The stand-in is the simulated face analysis (workers/simulated.py, at time scale 0): the generated
+photos (benchmarks/sim_inputs.py) carry their faces' identities in flat cells of the top row (JPEG
+keeps a flat cell's level), and it returns one face per coded identity with a unit embedding at
+cosine 0.8 to that identity's center (or a stranger's random embedding). Photos are real size
+(--side, 4:3), smooth gradients with noise, so decoding, OCR, the aesthetic model, captions and
+JPEG encoding do their real work; only SCRFD / ArcFace are not run. Nothing asserts a time.
 """
 from __future__ import annotations
 
@@ -30,85 +30,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from workers.base import Worker, image_of  # noqa: E402
+from benchmarks.sim_inputs import multiid_photos  # noqa: E402
+from runtime.costs import DEFAULT_COSTS  # noqa: E402
 from workers.face_analysis import FaceAnalysis  # noqa: E402
+from workers.simulated import simulated  # noqa: E402
 
-BLOCK, LEVEL = 32, 16  # a code block's side and the grey step between code values (JPEG-safe)
-FACE = 112
 MB = 1 << 20
 
 
-def coded_photo(codes: list[int], side: int, rng: np.random.Generator) -> Image.Image:
-    """A side x 3/4 side photo: a smooth colour gradient with mild noise, the codes (0..15) in the
-    top row's first blocks."""
-    h, w = side * 3 // 4, side
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([x / w, y / h, (x + y) / (w + h)], -1) * rng.uniform(80, 200, 3) + rng.uniform(0, 50, 3)
-    img = np.clip(base + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
-    for i, c in enumerate(codes):
-        img[:BLOCK, i * BLOCK:(i + 1) * BLOCK] = c * LEVEL + LEVEL // 2
-    return Image.fromarray(img)
-
-
-def read_codes(image: np.ndarray) -> list[int]:
-    n = int(image[BLOCK // 2, BLOCK // 2].mean()) // LEVEL
-    return [int(image[BLOCK // 2, (i + 1) * BLOCK + BLOCK // 2].mean()) // LEVEL for i in range(n)]
-
-
-class FaceStandIn(Worker):
-    """FaceAnalysis's columns without SCRFD / ArcFace: `model` is a .npy of identity centers."""
-
-    role, inputs = FaceAnalysis.role, FaceAnalysis.inputs
-    columns = classmethod(FaceAnalysis.columns.__func__)  # the same columns as the real worker
-
-    def __init__(self, model: str, *, dtype: str = "float32", image: str = "image", prefix: str = "", **common):
-        super().__init__(model, dtype=dtype, **common)
-        self.centers = np.load(model)
-        self.image, self.prefix = image, prefix
-
-    def check(self, row: dict) -> dict:
-        return {"rgb": image_of(row, self.image)}
-
-    def predict(self, inputs: list[dict]) -> list[dict]:
-        out = []
-        for x in inputs:
-            codes = read_codes(x["rgb"])
-            rng = np.random.default_rng(int(x["rgb"][BLOCK:BLOCK + 8].sum()))  # per photo, repeatable
-            n = len(codes)
-            emb = rng.normal(size=(n, self.centers.shape[1])).astype(np.float32)
-            for f, code in enumerate(codes):
-                if code > 0:  # code c: identity c - 1 at cosine 0.7 (0: a stranger)
-                    c = self.centers[code - 1]
-                    u = emb[f] - (emb[f] @ c) * c
-                    emb[f] = 0.7 * c + 0.714 * u / np.linalg.norm(u)
-            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-            x0 = 100 + np.arange(n) * (FACE + 20)
-            boxes = np.stack([x0, np.full(n, 200), x0 + FACE, np.full(n, 200 + FACE)], 1).astype(np.float32)
-            kps = np.stack([boxes[:, :2] + FACE * np.array(p, np.float32)
-                            for p in ((.3, .4), (.7, .4), (.5, .6), (.35, .8), (.65, .8))], 1)
-            p = self.prefix
-            out.append({p + "face_boxes": boxes.reshape(n, 4), p + "face_kps": kps.reshape(n, 5, 2),
-                        p + "det_scores": np.full(n, 0.9, np.float32), p + "embeddings": emb, p + "n_faces": n})
-        return out
-
-
 def make_inputs(root: Path, n_groups: int, identities: int, per_identity: int, side: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    centers = rng.normal(size=(identities, 512)).astype(np.float32)
-    np.save(root / "centers.npy", centers / np.linalg.norm(centers, axis=1, keepdims=True))
-    for i in range(identities):
-        d = root / "singles" / f"person{i:02d}"
-        d.mkdir(parents=True, exist_ok=True)
-        for j in range(per_identity):
-            coded_photo([1, i + 1], side, rng).save(d / f"{j}.jpg", quality=90)
-    (root / "groups").mkdir(parents=True, exist_ok=True)
-    for g in range(n_groups):
-        k = int(rng.integers(1, 5))
-        ids = rng.choice(identities + 1, size=k, replace=False)  # 0: a stranger
-        coded_photo([k] + [int(c) for c in ids], side, rng).save(root / "groups" / f"g{g:05d}.jpg", quality=90)
+    """root/singles (a folder per identity) and root/groups, strangers among the group faces."""
+    multiid_photos(root, n_groups, identities, per_identity, side, np.random.default_rng(seed), strangers=True)
 
 
 class Sampler(threading.Thread):
@@ -146,10 +79,10 @@ def one_run(work: Path, config: str, out: Path, budget_mb: int) -> dict:
     sampler = Sampler()
     sampler.start()
     t0 = time.perf_counter()
-    overrides = [f"singles={work / 'singles'}", f"groups={work / 'groups'}", f"face_analysis.model={work / 'centers.npy'}",
-                 "holdout_count=2", "min_side_px=256", f"ray.data_object_store_bytes={budget_mb << 20}"]
+    overrides = [f"singles={work / 'singles'}", f"groups={work / 'groups'}", "holdout_count=2", "min_side_px=256",
+                 f"ray.data_object_store_bytes={budget_mb << 20}"]
     multiid.main(["--config", config, "--out", str(out)] + [a for o in overrides for a in ("--set", o)],
-                 workers={"face_analysis": FaceStandIn})
+                 workers={"face_analysis": simulated(FaceAnalysis, DEFAULT_COSTS, time_scale=0)})
     seconds = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()

@@ -39,10 +39,14 @@ def cmd_plan(args, rest) -> int:
     try:
         cfg = load_config(pipeline.config, args.config, args.overrides)
         plans = [p.check() for p in pipeline.plans(cfg, None)]
-    except (ConfigError, PlanError) as e:
+        splits = []
+        if args.gpus is not None:  # the pools `pools: auto` would give on a cluster of that many GPUs
+            for p in plans:
+                p.size_pools(args.gpus, log=splits.append)
+    except (ConfigError, PlanError, ValueError) as e:
         print(f"subjectforge plan: {e}", file=sys.stderr)
         return 2
-    print("\n\n".join(p.describe() for p in plans))
+    print("\n\n".join([p.describe() for p in plans] + splits))
     return 0
 
 
@@ -144,6 +148,7 @@ def main(argv=None) -> int:
     pl.add_argument("pipeline")
     pl.add_argument("--config", required=True)
     pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE")
+    pl.add_argument("--gpus", type=float, help="size the GPU pools as pools: auto would on this many GPUs")
     m = sub.add_parser("manifest", help="counts, score summaries and rejects of OUT/<dataset>")
     m.add_argument("dir")
     v = sub.add_parser("validate", help="check OUT/<dataset> against its schema; non-zero exit on problems")

@@ -7,6 +7,7 @@ fields whose defaults are the papers' values. Unknown keys are errors, so a typo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -26,6 +27,9 @@ class WriteConfig(Strict):
 class RayConfig(Strict):
     address: str | None = Field(None, description="None: RAY_ADDRESS if set (ray job submit), else embedded")
     num_cpus: int | None = Field(None, description="embedded Ray only")
+    prewarm_workers: int = Field(
+        0, description="CPU worker processes started, the pipeline's stages imported, while the model pools "
+                       "load: the first task of each CPU stage then does not wait seconds for a process")
     data_object_store_bytes: int | None = Field(
         None, description="Ray Data's streaming budget in the object store (blocks in flight between "
                           "stages); None: Ray Data's default, a share of the whole store")
@@ -53,6 +57,11 @@ class PipelineConfig(Strict):
     max_error_fraction: float = Field(0.05, description="a stage failing on more of its rows (after 20) stops the run")
     write: WriteConfig = WriteConfig()
     ray: RayConfig = RayConfig()
+    pools: Literal["fixed", "auto"] = Field(
+        "fixed", description="fixed: each role's concurrency and num_gpus as written; auto: the cluster's GPUs "
+                             "split among the GPU steps by their cost (runtime/pools.py), printed at the start")
+    cost_table: str | None = Field(None, description="pools: auto: a YAML of per-role costs over the defaults "
+                                                     "(runtime/costs.py)")
 
     def output_fields(self) -> dict:
         """The config fields that change a sample's content; they enter its key. Subclasses

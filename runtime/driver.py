@@ -65,7 +65,9 @@ def start_ray(cfg: PipelineConfig) -> None:
     in-process on this machine."""
     import ray
 
-    if ray.is_initialized():
+    if ray.is_initialized():  # a caller's Ray (tests, benchmarks): its settings stand
+        if cfg.ray.prewarm_workers:
+            prewarm(cfg.ray.prewarm_workers, f"stages.{type(cfg).__module__.rsplit('.', 1)[-1]}")
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -76,7 +78,34 @@ def start_ray(cfg: PipelineConfig) -> None:
         # blocks queue between a fast stage and a slow one up to this budget, whatever the dataset size
         options = ray.data.DataContext.get_current().execution_options
         options.resource_limits = options.resource_limits.copy(object_store_memory=cfg.ray.data_object_store_bytes)
+    if cfg.ray.prewarm_workers:
+        prewarm(cfg.ray.prewarm_workers, f"stages.{type(cfg).__module__.rsplit('.', 1)[-1]}")
     progress_bars()
+
+
+def prewarm(n: int, stages: str) -> None:
+    """Start n worker processes with the project imported, without waiting for them: Ray Data
+    starts a CPU stage's first tasks in idle workers, and a new process costs seconds (Python, Ray,
+    pyarrow, the stages) on each hop of the DAG before every pool is busy. num_cpus=0: they never
+    hold a CPU a model pool is waiting for; the sleep keeps them apart, one process each."""
+    import importlib.util
+
+    import ray
+
+    modules = ["runtime.plan", "schemas.writer", "stages.encode"] + (
+        [stages] if importlib.util.find_spec(stages) else [])
+
+    @ray.remote(num_cpus=0)
+    def warm(names):
+        import importlib
+        import time
+
+        for name in names:
+            importlib.import_module(name)
+        time.sleep(1.0)
+
+    for _ in range(n):
+        warm.remote(modules)
 
 
 def progress_bars(stream=None) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Iterable
 
+from runtime.pools import shortfall
 from runtime.rows import each, rows_of, run_step
 from schemas.contract import REJECT_COLUMNS, TIMING_PREFIX, DatasetSchema
 
@@ -121,6 +122,7 @@ class Plan:
         self.gathered: dict = {}  # what the gather steps of the last apply returned
         self.barriers: dict = {}  # per gather of the last apply: the columns its materialized rows held
         self.checked = False
+        self.configured: dict = {}  # model step -> its ModelSpec as the config gave it (before pools: auto)
 
     # building --------------------------------------------------------------------------------
     def _add(self, s: Step) -> None:
@@ -254,6 +256,16 @@ class Plan:
         missing = set(self.inputs) - set(values)
         if missing:
             raise PlanError(f"{self.name}: apply needs the inputs {sorted(missing)}")
+        cluster = ray.cluster_resources()
+        if getattr(self.cfg, "pools", "fixed") == "auto":
+            self.size_pools(cluster.get("GPU", 0.0), log)
+            short = shortfall(self, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0))
+            if short:  # sized for this cluster: it would wait forever
+                raise PlanError(f"{short}; pools: auto cannot fit them (raise ray CPUs or lower num_cpus)")
+        else:
+            short = shortfall(self, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0))
+            if short:  # an autoscaler may add nodes; without one the run waits forever
+                log(f"warning: {short}: the run waits until the cluster grows")
         keep = SchemaColumns.of(self.schema)
         refs = {k: ray.put(v) for k, v in values.items()}
         self.gathered, self.barriers = {}, {}
@@ -275,12 +287,31 @@ class Plan:
                 self.gathered.update(got)
                 refs.update({k: ray.put(v) for k, v in got.items()})
             elif s.kind == "model":
+                # blocks of one batch: a pool of k actors then gets k bundles, where a block of a
+                # 16-row VLM batch would keep one FLUX Fill actor busy for 4 batches and two idle
+                ds = ds.repartition(target_num_rows_per_block=s.spec.batch_size)
                 ds = ds.map_batches(s.cls, batch_format="pyarrow", **pool_args(
                     s.spec, stage=s.name, drop=s.drop, keep=keep if s.last else None, **s.kwargs))
             else:
                 task = cpu_task(s, keep if s.last else None, {n: refs[n] for n in s.needs})
                 ds = ds.map_batches(task, batch_size=s.batch_size, batch_format="pyarrow")
         return ds
+
+    def size_pools(self, gpus: float, log=print) -> dict:
+        """pools: auto: each GPU step's actors and GPU share from the cost table, for a cluster of
+        `gpus` GPUs (runtime/pools.py); the split and its bound go to `log`."""
+        from runtime.costs import load_costs
+        from runtime.pools import apply_split, auto_split, describe_split
+
+        costs = load_costs(getattr(self.cfg, "cost_table", None))
+        unknown = sorted({s.role for s in self.steps if s.kind == "model" and s.role not in costs})
+        if unknown:
+            raise PlanError(f"{self.name}: pools: auto: the cost table has no role(s) {unknown}")
+        split = auto_split(self, gpus, costs)
+        self.configured = self.configured or {s.name: s.spec for s in self.steps if s.kind == "model"}
+        apply_split(self, split, self.configured)
+        log(describe_split(self, split, gpus, costs))
+        return split
 
     def run_local(self, rows: list[dict], values: dict | None = None, seconds: dict | None = None,
                   loads: dict | None = None) -> list[dict]:

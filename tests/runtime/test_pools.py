@@ -1,0 +1,151 @@
+"""The cost model, the analytic bound and `pools: auto`, against values computed by hand."""
+from __future__ import annotations
+
+import pytest
+
+from runtime.config import ModelSpec, load_config
+from runtime.costs import DEFAULT_COSTS, Cost, load_costs, slower
+from runtime.plan import Step
+from runtime.pools import Pool, apply_split, auto_split, bound, packs
+
+
+class Stub:
+    """A plan's steps without a pipeline: what bound and auto_split read."""
+
+    def __init__(self, *steps):
+        self.name, self.steps = "stub", list(steps)
+
+
+def model(name, role, batch, actors=1, gpus=1.0, **kwargs):
+    return Step(name, "model", role=role, spec=ModelSpec(model=role, batch_size=batch, concurrency=actors,
+                                                         num_gpus=gpus), kwargs=kwargs)
+
+
+def test_a_batch_costs_per_call_plus_per_sample_over_its_share():
+    c = Cost(per_sample=0.8, per_batch=2.0)
+    assert c.batch_seconds(16) == pytest.approx(14.8)
+    assert c.batch_seconds(16, gpus=0.5) == pytest.approx(29.6)  # half a device: twice as long
+    assert c.per_sample_seconds(16) == pytest.approx(14.8 / 16)
+
+
+def test_diffusion_cost_scales_with_steps_and_pixels():
+    flux = DEFAULT_COSTS["text_to_image"]  # 6.5 s at 1024x1024, 28 steps
+    assert flux.batch_seconds(1, {"height": 1024, "width": 1024, "steps": 28, "mode": "independent"}) == pytest.approx(6.5)
+    assert flux.batch_seconds(1, {"height": 1024, "width": 1024, "steps": 28, "mode": "diptych"}) == pytest.approx(13.0)
+    assert flux.batch_seconds(4, {"height": 512, "width": 512, "steps": 14}) == pytest.approx(4 * 6.5 / 4 / 2)
+    fill = DEFAULT_COSTS["inpainting"]
+    assert fill.batch_seconds(1, {"steps": 50}) == pytest.approx(6.5 * 50 / 28)
+
+
+def test_bound_is_the_slowest_pool_and_a_barrier_adds_its_segments(tmp_path):
+    costs = {"a": Cost(2.0), "b": Cost(0.5, per_batch=1.0), "c": Cost(1.0)}
+    plan = Stub(model("A", "a", batch=4, actors=2, gpus=1.0),  # 2 x 4 / 8 s = 1.0 /s
+                model("B", "b", batch=4, actors=1, gpus=0.5),  # 4 / ((1 + 2) / 0.5) = 0.667 /s
+                Step("cluster", "gather"),
+                model("C", "c", batch=1))  # 1.0 /s
+    b = bound(plan, costs)
+    assert b.capacities == pytest.approx({"A": 1.0, "B": 4 / 6, "C": 1.0})
+    assert [(steps, bottleneck) for steps, _, bottleneck in b.segments] == [(["A", "B"], "B"), (["C"], "C")]
+    assert b.seconds_per_row == pytest.approx(1.5 + 1.0)
+    assert b.samples_per_hour == pytest.approx(3600 / 2.5)
+    # another split of the same pools: B on a whole device
+    assert bound(plan, costs, {"B": Pool("B", "b", 1, 1.0, 4)}).capacities["B"] == pytest.approx(4 / 3)
+
+
+def test_auto_split_by_hand():
+    # A 2.5 GPU-s a sample (whole devices only), B 1.2 (quarters), C 0.1 (sixteenths), 8 GPUs.
+    # At rate T: A needs ceil(2.5T) devices, B ceil(4.8T)/4, C ceil(1.6T)/16. T = 2.0 gives 5 + 2.5
+    # + 0.25 = 7.75; any T above needs a sixth device for A: 8.75. So T* = 2.0 a second.
+    costs = {"a": Cost(2.5, min_gpus=1.0), "b": Cost(1.2, min_gpus=0.25), "c": Cost(0.1, min_gpus=0.0625)}
+    plan = Stub(model("A", "a", batch=1), model("B", "b", batch=1), model("C", "c", batch=1))
+    split = auto_split(plan, 8, costs)
+    # B's 2.5 GPUs: as 5 halves (or 10 quarters, more actors); C's 0.2: one quarter is the
+    # fewest GPUs (a sixteenth x 4 is as many GPUs in more actors)
+    assert {s: (p.actors, p.gpus) for s, p in split.items()} == {"A": (5, 1.0), "B": (5, 0.5), "C": (1, 0.25)}
+    b = bound(plan, costs, split)
+    assert b.capacities == pytest.approx({"A": 2.0, "B": 2.5 / 1.2, "C": 2.5})
+    assert b.samples_per_hour == pytest.approx(7200)
+    apply_split(plan, split)
+    assert [(s.spec.concurrency, s.spec.num_gpus) for s in plan.steps] == [(5, 1.0), (5, 0.5), (1, 0.25)]
+
+
+def test_auto_split_follows_the_cost():
+    costs = {"flux": Cost(3.0, min_gpus=1.0), "vlm": Cost(1.0, min_gpus=0.5)}
+    plan = Stub(model("gen", "flux", batch=1), model("judge", "vlm", batch=1))
+    assert {s: p.total_gpus for s, p in auto_split(plan, 4, costs).items()} == {"gen": 3.0, "judge": 1.0}
+    # the VLM 5x slower: 3 : 5 of 8 GPUs
+    split = auto_split(plan, 8, slower(costs, "vlm", 5))
+    assert {s: p.total_gpus for s, p in split.items()} == {"gen": 3.0, "judge": 5.0}
+
+
+def test_cpu_pools_keep_their_config_and_too_many_pools_fail():
+    costs = {"flux": Cost(3.0, min_gpus=1.0), "ocr": Cost(0.03)}
+    plan = Stub(model("gen", "flux", batch=1), model("ocr", "ocr", batch=16, actors=8, gpus=0.0))
+    assert set(auto_split(plan, 2, costs)) == {"gen"}
+    three = Stub(*(model(f"g{i}", "flux", batch=1) for i in range(3)))
+    with pytest.raises(ValueError, match="do not fit on 2 GPU"):
+        auto_split(three, 2, costs)
+
+
+def test_packing_of_shares():
+    assert packs([1.0, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25], 3)
+    assert not packs([0.75, 0.75, 0.5], 2)  # 2.0 in all, but no two of them share a device
+
+
+def test_a_cost_table_file_replaces_fields(tmp_path):
+    f = tmp_path / "costs.yaml"
+    f.write_text("vlm: {per_sample: 4.0}\nocr2: {per_sample: 0.5}\n")
+    table = load_costs(f)
+    assert table["vlm"].per_sample == 4.0 and table["vlm"].per_batch == DEFAULT_COSTS["vlm"].per_batch
+    assert table["ocr2"] == Cost(0.5)
+    f.write_text("vlm: {seconds: 4.0}\n")
+    with pytest.raises(ValueError, match="unknown field"):
+        load_costs(f)
+
+
+def test_dip_gpu_profile_auto_split_fits_8_gpus_and_beats_its_fixed_pools():
+    from configs.dip import DIPConfig
+    from pipelines.dip import plan as dip_plan
+
+    cfg = load_config(DIPConfig, "configs/dip.gpu.yaml")
+    assert cfg.pools == "auto"
+    plan = dip_plan(cfg).check()
+    fixed = bound(plan, DEFAULT_COSTS)
+    split = plan.size_pools(8, log=lambda *a: None)
+    shares = [p.gpus for p in split.values() for _ in range(p.actors)]
+    assert packs(shares, 8) and sum(shares) <= 8
+    # FLUX's diptych (13 s) and FLUX Fill's 50 steps (11.6 s) take nearly all of it
+    assert split["generate"].total_gpus + split["inpaint"].total_gpus >= 6
+    auto = bound(plan, DEFAULT_COSTS)  # the plan's specs are the split's now
+    assert auto.samples_per_hour > fixed.samples_per_hour
+
+
+def test_subjectforge_plan_prints_the_split(capsys):
+    from runtime.cli import main
+
+    assert main(["plan", "dip", "--config", "configs/dip.gpu.yaml", "--gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "dip: pools: auto on 8 GPU(s), bound" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if " GPU = " in line}
+    assert set(lines) == {"generate", "prefilter", "positive_check", "ground", "segment", "caption", "inpaint",
+                          "negative_check"}
+    assert "3 x 1 GPU" in lines["generate"]
+    # the DAG above it shows each step's own pool
+    assert "model text_to_image: TextToImage x3 actor(s), 1 CPU, 1 GPU" in out
+
+
+def test_an_actors_cpus_follow_its_share_and_a_pool_too_big_for_the_cluster_is_named():
+    from runtime.pools import held, shortfall
+
+    plan = Stub(model("judge", "vlm", batch=1))
+    plan.steps[0].spec = plan.steps[0].spec.model_copy(update={"num_cpus": 2.0})
+    base = {"judge": plan.steps[0].spec}
+    apply_split(plan, {"judge": Pool("judge", "vlm", 6, 0.25, 1)}, base)
+    assert (plan.steps[0].spec.concurrency, plan.steps[0].spec.num_gpus, plan.steps[0].spec.num_cpus) == (6, 0.25, 0.5)
+    apply_split(plan, {"judge": Pool("judge", "vlm", 2, 1.0, 1)}, base)  # again: from the configured spec
+    assert plan.steps[0].spec.num_cpus == 2.0
+    assert held(plan) == [(["judge"], 4.0, 2.0)]
+    assert shortfall(plan, cpus=5, gpus=2) is None
+    assert shortfall(plan, cpus=4, gpus=2) == ("stub: the pools of judge hold 4 CPUs and 2 GPUs; the cluster has 4 CPUs "
+                                               "(one kept for the CPU stages) and 2 GPUs")
+    assert "hold 4 CPUs and 2 GPUs" in shortfall(plan, cpus=16, gpus=1)

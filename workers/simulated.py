@@ -1,0 +1,390 @@
+"""Simulated accelerators: a stand-in per model role that holds the real worker's place in a plan
+and its actor pool's resources, loads nothing, sleeps what the cost table says a batch costs at
+production size (runtime.costs), and returns outputs of the real shapes, dtypes and sizes, so the
+data movement between stages and the object store are real.
+
+    workers = simulated_workers(dip.WORKERS, DEFAULT_COSTS, time_scale=0.01, events="out/events")
+    dip.main(["--config", "configs/dip.gpu.yaml", "--out", out], workers=workers)
+
+The outputs are the ones that pass every gate of the pipelines' gpu configs (it is a simulator:
+pass rate 1, so throughput can be compared with a bound where every row reaches every step): the
+VLM answers each question by its form and the stage that asks it, boxes and masks sit inside the
+area limits, cosines between the pre-filter and the copy-paste limits, faces cluster per identity.
+
+Faces: `coded_photo` writes the identities of a photo's faces into its top row (flat grey cells
+JPEG keeps), the simulated face analysis reads them back and gives each face an embedding at
+cosine FACE_COSINE to its identity's center, a unit vector derived from the identity alone.
+
+With `events` (a directory) each actor appends JSON lines to a file of its own: one "loaded"
+event at the end of __init__ and one "batch" event per batch, wall-clock times (read_events).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runtime.rows import Reject
+from workers.base import Worker, image_of, is_list, text_of
+from workers.grounding import phrases_of
+from workers.inpainting import dilate, mask_of
+from workers.segmentation import boxes_of
+from workers.text_to_image import size_of
+
+
+def sleep(seconds: float) -> None:
+    """The one wait per batch (tests replace it to see what is asked)."""
+    time.sleep(seconds)
+
+
+def clock() -> float:
+    """Wall-clock seconds (tests stop it to see the whole cost asked as sleep)."""
+    return time.time()
+
+
+def assigned_gpus() -> float:
+    """This actor's GPU share as Ray assigned it; 1.0 outside Ray and on a role without GPUs."""
+    import sys
+
+    ray = sys.modules.get("ray")  # an actor has imported Ray; a plain process may not have
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return 1.0  # not an actor (a driver with Ray up: Plan.run_local in a test)
+    return float(ray.get_runtime_context().get_assigned_resources().get("GPU") or 1.0)
+
+
+def wired_like(real: type[Worker]) -> tuple:
+    """(role, columns, rejects, arguments) of `real`: as a stand-in's class attributes they make it
+    wire exactly like the real worker in a plan."""
+    return real.role, real.columns, real.rejects, real.arguments
+
+
+def step_defaults(real: type[Worker]) -> dict:
+    """Every keyword argument of `real` with its default (a subclass's over its bases')."""
+    out = {}
+    for klass in reversed(real.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is not None and klass is not object:
+            out.update({k: p.default for k, p in inspect.signature(init).parameters.items()
+                        if p.default is not p.empty})
+    return out
+
+
+class Simulated(Worker):
+    """Base of the stand-ins `simulated` makes; the class attributes below are set there."""
+
+    real: type[Worker] = Worker
+    cost = None  # runtime.costs.Cost of the role
+    time_scale = 1.0
+    events: str | None = None
+
+    def __init__(self, model: str, **kwargs):
+        unknown = sorted(set(kwargs) - self.real.arguments())
+        if unknown:
+            raise TypeError(f"{self.real.__name__} takes no argument(s) {unknown}")
+        common = {k: kwargs[k] for k in ("stage", "dtype", "drop", "keep", "retries") if k in kwargs}
+        super().__init__(model, device=kwargs.get("device") or "cpu", **common)
+        self.args = dict(step_defaults(self.real), **kwargs)  # steps, height, width, mode: the cost's scale
+        self.gpus = assigned_gpus()
+        self.rng = np.random.default_rng()
+        self.build = OUTPUTS[self.role]
+        if self.events:
+            Path(self.events).mkdir(parents=True, exist_ok=True)
+        self.log(event="loaded", t=clock(), stage=self.stage, role=self.role, actor=os.getpid(), gpus=self.gpus)
+
+    def seconds(self, n: int) -> float:
+        """What a batch of n rows sleeps: the cost table's time on this actor's GPU share, scaled."""
+        return self.cost.batch_seconds(n, self.args, self.gpus) * self.time_scale
+
+    def predict(self, inputs: list[dict]) -> list:
+        start = clock()
+        out = [self.output(row) for row in inputs]
+        # the batch takes the cost's time in all: making the outputs is part of it, as the GPU
+        # makes them within its time (a 1024 px FLUX image costs ~0.2 s of CPU here)
+        sleep(max(0.0, self.seconds(len(inputs)) - (clock() - start)))
+        self.log(event="batch", stage=self.stage, actor=os.getpid(), start=start, end=clock(), rows=len(inputs))
+        return out
+
+    def output(self, row: dict):
+        try:
+            return self.build(self, row)
+        except Reject as e:  # bad input, as the real worker's check would reject it
+            return e
+
+    def log(self, **event) -> None:
+        if self.events:
+            with open(Path(self.events) / f"{self.stage}-{os.getpid()}.jsonl", "a") as f:
+                f.write(json.dumps(event) + "\n")
+
+
+def simulated(real: type[Worker], costs: dict, time_scale: float = 1.0, events: str | None = None) -> type[Worker]:
+    """A stand-in for `real`: wired like it, taking its constructor arguments, loading nothing."""
+    if real.role not in OUTPUTS:
+        raise ValueError(f"no simulated outputs for role {real.role!r} (known: {sorted(OUTPUTS)})")
+    if real.role not in costs:
+        raise ValueError(f"the cost table has no role {real.role!r}")
+    role, columns, rejects, arguments = wired_like(real)
+    return type(f"Simulated{real.__name__}", (Simulated,), {
+        "role": role, "columns": columns, "rejects": rejects, "arguments": arguments, "real": real,
+        "cost": costs[real.role], "time_scale": float(time_scale), "events": None if events is None else str(events)})
+
+
+def simulated_workers(workers: dict[str, type], costs: dict, time_scale: float = 1.0,
+                      events: str | None = None) -> dict[str, type]:
+    """A pipeline's WORKERS dict with every role simulated."""
+    return {role: simulated(cls, costs, time_scale, events) for role, cls in workers.items()}
+
+
+def read_events(directory) -> list[dict]:
+    """Every event of every actor in `directory`, in time order. A line still being written (no
+    newline yet) is left for the next read."""
+    events = []
+    for path in sorted(Path(directory).glob("*.jsonl")):
+        events += [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
+    return sorted(events, key=lambda e: e.get("t", e.get("start", 0.0)))
+
+
+# --- pixels --------------------------------------------------------------------------------------
+
+def photo(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A fresh uint8 HxWx3: a smooth colour gradient with mild noise. JPEG and PNG do about a
+    photo's work on it (1024 px at quality 95: ~260 KB), which a flat image would not ask."""
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    x = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    a, b, c = rng.uniform(30, 110, (3, 3)).astype(np.float32)
+    image = (c + a * x + b * y).astype(np.int16)
+    image += rng.integers(-6, 7, image.shape, dtype=np.int16)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def ellipse(box, height: int, width: int) -> np.ndarray:
+    """bool HxW: the ellipse inscribed in an xyxy box, what a mask of a rounded subject looks like."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    rx, ry = max((x1 - x0) / 2, 0.5), max((y1 - y0) / 2, 0.5)
+    mask = np.zeros((height, width), bool)
+    r0, r1 = max(0, int(y0)), min(height, int(np.ceil(y1)))
+    c0, c1 = max(0, int(x0)), min(width, int(np.ceil(x1)))
+    y, x = np.ogrid[r0:r1, c0:c1]  # only the box's pixels can be inside
+    mask[r0:r1, c0:c1] = ((x + 0.5 - (x0 + x1) / 2) / rx) ** 2 + ((y + 0.5 - (y0 + y1) / 2) / ry) ** 2 <= 1
+    return mask
+
+
+def strip_box(j: int, n: int, height: int, width: int) -> list[float]:
+    """Subject j of n: a box in the j-th vertical strip. The ellipses of n strips cover ~38% of the
+    image, inside DIP's mask area limits (0.02-0.9) whatever n."""
+    return [width * (j + 0.1) / n, 0.2 * height, width * (j + 0.9) / n, 0.8 * height]
+
+
+# --- faces: identities coded in the photo --------------------------------------------------------
+
+CELLS = 32  # code cells across the top row: a cell is width // CELLS px (32 px at 1024)
+LEVEL = 16  # grey step between digit values: JPEG keeps a flat cell's level well within LEVEL / 2
+MAX_FACES = (CELLS - 1) // 2  # cell 0 holds the face count, then two base-16 digits per face
+MAX_IDENTITY = 255  # 1..255 an identity, 0 a stranger
+FACE_DIM = 512  # ArcFace
+FACE_COSINE = 0.8  # a face to its identity's center: two faces of one identity ~0.64 apart, inside DBSCAN's eps 0.5
+CENTER_SEED = 20240002
+
+
+def coded_photo(identities: list[int], height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A photo whose top row holds its faces' identities (1..255; 0: a stranger)."""
+    if len(identities) > MAX_FACES or any(not 0 <= i <= MAX_IDENTITY for i in identities):
+        raise ValueError(f"at most {MAX_FACES} identities in 0..{MAX_IDENTITY}, got {identities}")
+    image = photo(height, width, rng)
+    cell = width // CELLS
+    digits = [len(identities)] + [d for i in identities for d in divmod(int(i), 16)]
+    for k, d in enumerate(digits):
+        image[:cell, k * cell:(k + 1) * cell] = d * LEVEL + LEVEL // 2
+    return image
+
+
+def read_codes(image: np.ndarray) -> list[int]:
+    """The identities coded_photo wrote (a photo it did not make reads as whatever its corner holds)."""
+    cell = image.shape[1] // CELLS
+
+    def digit(k: int) -> int:
+        inner = image[cell // 4:3 * cell // 4, k * cell + cell // 4:k * cell + 3 * cell // 4]
+        return min(int(inner.mean()) // LEVEL, 15)
+
+    return [digit(1 + 2 * f) * 16 + digit(2 + 2 * f) for f in range(min(digit(0), MAX_FACES))]
+
+
+def identity_center(identity: int) -> np.ndarray:
+    """The unit ArcFace center of an identity, from the identity alone (no file needed)."""
+    v = np.random.default_rng([CENTER_SEED, int(identity)]).standard_normal(FACE_DIM)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def face_embedding(identity: int, rng: np.random.Generator) -> np.ndarray:
+    """A unit embedding at FACE_COSINE to the identity's center; a stranger's (0) is random."""
+    u = rng.standard_normal(FACE_DIM).astype(np.float32)
+    if identity == 0:
+        return u / np.linalg.norm(u)
+    c = identity_center(identity)
+    u -= (u @ c) * c
+    return FACE_COSINE * c + np.sqrt(1 - FACE_COSINE ** 2) * u / np.linalg.norm(u)
+
+
+LANDMARKS = np.array([(.3, .4), (.7, .4), (.5, .6), (.35, .8), (.65, .8)], np.float32)  # eyes, nose, mouth
+
+
+def face_analysis(w: Simulated, row: dict) -> dict:
+    rgb = image_of(row, w.args["image"])
+    h, width = rgb.shape[:2]
+    codes = read_codes(rgb)
+    n = len(codes)
+    rng = np.random.default_rng(int(rgb[h // 2].sum()))  # per photo, repeatable
+    side, step = max(width // 8, 36), width // 6  # faces side by side below the code row
+    x0 = (width // 12 + np.arange(n) * step).astype(np.float32)
+    y0 = np.full(n, h // 3, np.float32)
+    boxes = np.stack([x0, y0, x0 + side, y0 + side], 1).reshape(n, 4)
+    p = w.args["prefix"]
+    return {p + "face_boxes": boxes, p + "face_kps": boxes[:, None, :2] + side * LANDMARKS[None],
+            p + "det_scores": np.full(n, 0.9, np.float32),
+            p + "embeddings": np.stack([face_embedding(c, rng) for c in codes]).astype(np.float32) if n
+            else np.zeros((0, FACE_DIM), np.float32),
+            p + "n_faces": n}
+
+
+# --- the VLM: answers that pass the gate after each question -------------------------------------
+# The question's form, by the templates of stages/rubric.py and stages/prompts.py.
+RUBRIC = "Identity Consistency Evaluation Criteria"
+RATING = "Rating: <0-5>"
+ATTRIBUTES = "key visual attributes"
+PLANNER = "Matched Instance: [Instance Category"
+JUDGE = "Quality Comparison Result"
+MULTIID_CAPTION = "This image shows"
+
+
+def answer(stage: str, prompt: str) -> str:
+    """A simulator's answer: the one the step's gate lets through. The rubric's two checks ask the
+    same question, so the stage tells them apart: the positive check must score >= 9 of 10 (all
+    Yes), the negative check (stage `negative_check`) <= 6 (five Yes)."""
+    if RUBRIC in prompt:
+        yes = 5 if "negative" in stage else 10
+        return "\n".join(f"{n}. {'Yes' if n <= yes else 'No'}" for n in range(1, 11))
+    if RATING in prompt:  # every attribute the prompt lists is present, the pair is the same object
+        return "\n".join([f"{a}: Yes" for a in re.findall(r"^- (.+)$", prompt, re.M)] + ["Rating: 5"])
+    if ATTRIBUTES in prompt:
+        return "- glazed ceramic body\n- cobalt blue colour\n- curved spout\n- thin gold rim"
+    if PLANNER in prompt:
+        return "Matched Instance: [person]\nMatched Instance: [dog]"
+    if JUDGE in prompt:
+        return "Quality Comparison Result: Image A is better"
+    if MULTIID_CAPTION in prompt:
+        return ("This image shows two people standing side by side in a park, a man in a navy suit with a "
+                "silver watch and a woman in a red dress with pearl earrings, both smiling at the camera.")
+    return "A small glazed teapot with a curved spout, deep cobalt blue with a thin gold rim and a bamboo handle."
+
+
+def vlm(w: Simulated, row: dict) -> dict:
+    prompt = row.get(w.args["prompt"])
+    many = is_list(prompt)
+    answers = [answer(w.stage, str(p)) for p in (prompt if many else [text_of(row, w.args["prompt"])])]
+    return {w.args["output"]: answers if many else answers[0]}
+
+
+# --- the other roles -----------------------------------------------------------------------------
+
+def text_to_image(w: Simulated, row: dict) -> dict:
+    a = w.args
+    h, width = size_of(row, a["height"], a["width"], 16)
+    if a["mode"] == "diptych":  # the two halves of a 2W-wide canvas
+        return {a["left"]: photo(h, width, w.rng), a["right"]: photo(h, width, w.rng)}
+    return {a["output"]: photo(h, width, w.rng)}
+
+
+def inpainting(w: Simulated, row: dict) -> dict:
+    a = w.args
+    image = image_of(row, a["image"])
+    mask = dilate(mask_of(row, a["mask"], image.shape[:2]), a["dilation_px"])
+    new = photo(*image.shape[:2], w.rng)
+    return {a["output"]: np.where(mask[..., None], new, image), a["mask_output"]: mask}
+
+
+def grounding(w: Simulated, row: dict) -> dict:
+    """One box per phrase, side by side."""
+    a = w.args
+    h, width = image_of(row, a["image"]).shape[:2]
+    phrases = phrases_of(row.get(a["phrases"]))
+    if not phrases:
+        raise Reject("empty_prompt", a["phrases"])
+    boxes = np.asarray([strip_box(j, len(phrases), h, width) for j in range(len(phrases))], np.float32)
+    return {a["boxes"]: boxes, a["box_scores"]: np.full(len(phrases), 0.8, np.float32),
+            a["box_labels"]: list(phrases), a["phrase_boxes"]: boxes.tolist()}
+
+
+def segmentation(w: Simulated, row: dict) -> dict:
+    a = w.args
+    h, width = image_of(row, a["image"]).shape[:2]
+    boxes = boxes_of(row.get(a["boxes"]), h, width)
+    masks = np.stack([ellipse(b, h, width) for b in boxes]) if len(boxes) else np.zeros((0, h, width), bool)
+    return {a["masks"]: masks, a["mask_scores"]: np.full(len(boxes), 0.95, np.float32)}
+
+
+# model id fragment -> (embedding width, patch-token width, patch tokens at 224 px); an unknown
+# model (a local path) is taken for DINOv2-base, the gpu configs' encoder
+ENCODER_WIDTHS = {"dinov2-small": (384, 384, 256), "dinov2-base": (768, 768, 256), "dinov2-large": (1024, 1024, 256),
+                  "dinov2-giant": (1536, 1536, 256), "clip-vit-base-patch32": (512, 768, 49),
+                  "clip-vit-base-patch16": (512, 768, 196), "clip-vit-large-patch14": (768, 1024, 256)}
+ENCODER_COSINE = 0.9  # above any pre-filter (DIP's opt-in 0.5), below copy-paste (DIP 0.98, UPER's penalty 0.95)
+
+
+def encoder_widths(model: str) -> tuple[int, int, int]:
+    return next((v for k, v in ENCODER_WIDTHS.items() if k in model.lower()), ENCODER_WIDTHS["dinov2-base"])
+
+
+def unit(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    v = rng.standard_normal(shape).astype(np.float32)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def image_encoder(w: Simulated, row: dict) -> dict:
+    a = w.args
+    value = row.get(a["image"])
+    views = (len(value),) if is_list(value) else ()  # a list of views: [n, D] and n cosines
+    if not views:
+        image_of(row, a["image"])
+    dim, patch_dim, patches = encoder_widths(w.model_id)
+    out = {a["embedding"]: unit(w.rng, views + (dim,))} if a["embedding"] else {}
+    if a["patches"] and not views:
+        out[a["patch_embeddings"]] = w.rng.standard_normal((patches, patch_dim)).astype(np.float32)
+    if a["image_b"]:
+        out[a["cosine"]] = np.full(views, ENCODER_COSINE, np.float32) if views else np.float32(ENCODER_COSINE)
+    if a["text"]:
+        out[a["text_similarity"]] = np.float32(0.3)  # CLIP's image-text cosine of a matching caption
+    return out
+
+
+def background_removal(w: Simulated, row: dict) -> dict:
+    """The subject: an ellipse over the middle (~33% of the image, inside UPER's 0.01-0.98)."""
+    a, p = w.args, w.args["prefix"]
+    rgb = image_of(row, a["image"])
+    h, width = rgb.shape[:2]
+    alpha = ellipse([0.2 * width, 0.15 * h, 0.8 * width, 0.85 * h], h, width).astype(np.uint8) * 255
+    on_white = np.where(alpha[..., None] > 127, rgb, np.uint8(255))
+    out = {p + "alpha": alpha, p + "on_white": on_white, p + "fg_fraction": float((alpha > 127).mean())}
+    if a["cutout"]:
+        out[p + "cutout"] = np.concatenate([rgb, alpha[..., None]], axis=2)
+    return out
+
+
+def aesthetic(w: Simulated, row: dict) -> dict:
+    image_of(row, w.args["image"])
+    return {w.args["prefix"] + "aesthetic": np.float32(6.0)}  # LAION's 1-10 scale: above MultiID's 4.5
+
+
+def text_detection(w: Simulated, row: dict) -> dict:
+    image_of(row, w.args["image"])
+    p = w.args["prefix"]
+    return {p + "text_boxes": np.zeros((0, 4, 2), np.float32), p + "text_fraction": np.float32(0.0)}  # no text
+
+
+OUTPUTS = {"text_to_image": text_to_image, "inpainting": inpainting, "grounding": grounding,
+           "segmentation": segmentation, "vlm": vlm, "image_encoder": image_encoder,
+           "face_analysis": face_analysis, "background_removal": background_removal, "aesthetic": aesthetic,
+           "text_detection": text_detection}
