@@ -65,22 +65,19 @@ def start_ray(cfg: PipelineConfig) -> None:
     in-process on this machine."""
     import ray
 
-    if ray.is_initialized():  # a caller's Ray (tests, benchmarks): its settings stand
-        if cfg.ray.prewarm_workers:
-            prewarm(cfg.ray.prewarm_workers, f"stages.{type(cfg).__module__.rsplit('.', 1)[-1]}")
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
-    if cfg.ray.data_object_store_bytes:
-        # blocks queue between a fast stage and a slow one up to this budget, whatever the dataset size
-        options = ray.data.DataContext.get_current().execution_options
-        options.resource_limits = options.resource_limits.copy(object_store_memory=cfg.ray.data_object_store_bytes)
+    if not ray.is_initialized():  # else a caller's Ray (tests, benchmarks): its settings stand
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+        if cfg.ray.data_object_store_bytes:
+            # blocks queue between a fast stage and a slow one up to this budget, whatever the dataset size
+            options = ray.data.DataContext.get_current().execution_options
+            options.resource_limits = options.resource_limits.copy(object_store_memory=cfg.ray.data_object_store_bytes)
+        progress_bars()
     if cfg.ray.prewarm_workers:
         prewarm(cfg.ray.prewarm_workers, f"stages.{type(cfg).__module__.rsplit('.', 1)[-1]}")
-    progress_bars()
 
 
 def prewarm(n: int, stages: str) -> None:

@@ -257,15 +257,14 @@ class Plan:
         if missing:
             raise PlanError(f"{self.name}: apply needs the inputs {sorted(missing)}")
         cluster = ray.cluster_resources()
-        if getattr(self.cfg, "pools", "fixed") == "auto":
+        auto = getattr(self.cfg, "pools", "fixed") == "auto"
+        if auto:
             self.size_pools(cluster.get("GPU", 0.0), log)
-            short = shortfall(self, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0))
-            if short:  # sized for this cluster: it would wait forever
-                raise PlanError(f"{short}; pools: auto cannot fit them (raise ray CPUs or lower num_cpus)")
-        else:
-            short = shortfall(self, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0))
-            if short:  # an autoscaler may add nodes; without one the run waits forever
-                log(f"warning: {short}: the run waits until the cluster grows")
+        short = shortfall(self, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0))
+        if short and auto:  # sized for this cluster: it would wait forever
+            raise PlanError(f"{short}; pools: auto cannot fit them (raise ray CPUs or lower num_cpus)")
+        if short:  # an autoscaler may add nodes; without one the run waits forever
+            log(f"warning: {short}: the run waits until the cluster grows")
         keep = SchemaColumns.of(self.schema)
         refs = {k: ray.put(v) for k, v in values.items()}
         self.gathered, self.barriers = {}, {}

@@ -134,8 +134,9 @@ def auto_split(plan, gpus: float, costs: dict[str, Cost]) -> dict[str, Pool]:
         for _ in range(60):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        best = cuts(lo)
         for s in gpu_steps:
-            k, u = cuts(lo)[s.name]
+            k, u = best[s.name]
             split[s.name] = Pool(s.name, s.role, k, u, s.spec.batch_size)
     return split
 
