@@ -56,7 +56,7 @@ BENCHMARKS = ("workers", "shard_io", "memory", "multiid")
 # leaves out its benchmark-local top1 alternatives, which are not in the table.
 DEFAULTS = {
     "workers": ["--batches", "12", "--batch-size", "4", "--models", str(ROOT / "out" / "tiny-models")],
-    "shard_io": ["--samples", "400", "--size", "256"],
+    "shard_io": [],  # 1024 px samples, 256 MB shards
     "memory": ["--small", "2000", "--large", "20000"],
     "multiid": ["--faces", "200000", "--centers", "3000", "--chunk", "16384", "--matmul-repeats", "3",
                 "--identities", "200", "--per-identity", "100", "--block", "20", "--pooled-identities", "10",

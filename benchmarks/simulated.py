@@ -68,7 +68,7 @@ PIPELINES = ("dip", "multiid", "uper", "iapo")
 # Inputs and simulated clock per pipeline, sized for 2 CPU cores: the scale keeps the CPU stages
 # under about half the cores at the bound's rate; the inputs give the slowest pool 10+ batches a
 # actor of steady state.
-RUNS = {"dip": {"n": 160, "time_scale": 0.1}, "multiid": {"n": 1200, "time_scale": 2.0},
+RUNS = {"dip": {"n": 160, "time_scale": 0.2}, "multiid": {"n": 300, "time_scale": 2.0},
         "uper": {"n": 600, "time_scale": 1.0}, "iapo": {"n": 600, "time_scale": 1.0}}
 
 

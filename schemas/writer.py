@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import tarfile
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -19,7 +20,6 @@ from collections import Counter, defaultdict
 import numpy as np
 import pyarrow as pa
 import ray
-import webdataset as wds
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -32,10 +32,14 @@ from schemas.contract import (
     to_jsonable,
 )
 from schemas.runs import record_run
+from schemas.shard_registry import ShardRegistry
 from schemas.store import DatasetDir, shard_name
 
 DEFAULT_TARGET_BYTES = 1 << 30  # ~1 GB shards on the GPU profile
-TAR_BLOCK = 512
+TAR_BLOCK = tarfile.BLOCKSIZE
+# A member's header, data and padding are three writes; the buffer makes them one system call per
+# MB (on S3 the upload buffers its parts on top of it).
+WRITE_BUFFER = 1 << 20
 
 
 # What counts against a stage's error budget: failures, not verdicts on the data (a gate that
@@ -47,84 +51,54 @@ class ErrorBudgetExceeded(RuntimeError):
     """A stage failed on more than max_error_fraction of its rows: the run stops."""
 
 
-@ray.remote(num_cpus=0, max_restarts=0)
-class ShardRegistry:
-    """One per write, on the driver's node: the run's bookkeeping that write tasks share.
-
-    Idempotent retries: Ray retries a write task whose process died with the same input blocks and
-    the same task index, so a task's shards are numbered by (task, group) once and for all, and a
-    key belongs to the first task that claims it (a retry re-claims its own keys; another task
-    claiming one holds a duplicate input). The error budget sums each task's last report."""
-
-    def __init__(self, first_index: int):
-        self.next = first_index
-        self.indices: dict[tuple[int, int], int] = {}
-        self.owner: dict[str, int] = {}
-        self.reports: dict[int, dict] = {}
-        self.violation: str | None = None
-
-    def shard_index(self, task: int, group: int) -> int:
-        if (task, group) not in self.indices:
-            self.indices[(task, group)] = self.next
-            self.next += 1
-        return self.indices[(task, group)]
-
-    def claim(self, task: int, keys: list[str]) -> list[int | None]:
-        """Per key: None when it is this task's, else the task that holds it."""
-        out = []
-        for k in keys:
-            owner = self.owner.setdefault(k, task)
-            out.append(None if owner == task else owner)
-        return out
-
-    def report(self, task: int, rows: dict, errors: dict, max_fraction: float, min_rows: int) -> str | None:
-        """This task's rows in and failures per stage; the first stage over budget, described."""
-        self.reports[task] = {"rows": rows, "errors": errors}
-        total_rows, total_errors = Counter(), Counter()
-        for r in self.reports.values():
-            total_rows.update(r["rows"])
-            for stage, per_reason in r["errors"].items():
-                total_errors[stage] += sum(n for n, _ in per_reason.values())
-        for stage, n in total_rows.items():
-            failed = total_errors.get(stage, 0)
-            if n >= min_rows and failed > max_fraction * n and self.violation is None:
-                reasons = Counter()
-                example = {}
-                for r in self.reports.values():
-                    for reason, (count, ex) in r["errors"].get(stage, {}).items():
-                        reasons[reason] += count
-                        example.setdefault(reason, ex)
-                reason, count = reasons.most_common(1)[0]
-                self.violation = (f"stage {stage}: {failed} of {n} rows failed ({failed / n:.0%} > max_error_fraction "
-                                  f"{max_fraction:g}); most often {reason} ({count}), e.g. {example[reason]}")
-        return self.violation
-
-    def failed(self) -> str | None:
-        return self.violation
-
-
 class _ShardWriter:
-    """One tar being filled in a write task; `commit` makes it visible."""
+    """One tar being filled in a write task; `commit` makes it visible.
+
+    The bytes are those webdataset's TarWriter(encoder=False, mtime=0) writes (members in sorted
+    order, tarfile's headers, the same end of archive; tests/schemas/test_writer.py compares them),
+    but each header and its data go straight to a buffered stream: TarWriter's tarfile stream
+    copies every member through 10 KB records, and importing webdataset imports torch into every
+    write worker (2 s, and its memory)."""
 
     def __init__(self, out: DatasetDir, name: str):
         self.out, self.name = out, name
         self.final = out.shard_path(name)
         self.tmp = out.tmp_path(self.final)
-        self.stream = out.fs.open_output_stream(self.tmp)
-        self.tar = wds.TarWriter(self.stream, encoder=False, mtime=0)
+        self.stream = out.fs.open_output_stream(self.tmp, buffer_size=WRITE_BUFFER)
         self.rows: list[dict] = []
         self.nbytes = 0
 
     def add(self, sample: dict, manifest_row: dict) -> None:
-        self.tar.write(sample)
-        self.nbytes += tar_size(sample)
+        """sample: `__key__` and `<member>.<ext>` -> bytes (or a memoryview of them)."""
+        key = sample["__key__"]
+        for name in sorted(sample):
+            if name != "__key__":
+                self.nbytes += self._member(f"{key}.{name}", sample[name])
         self.rows.append(dict(manifest_row, shard=self.name))
 
+    def _member(self, name: str, data) -> int:
+        header = tar_header(name, len(data))
+        pad = -len(data) % TAR_BLOCK
+        self.stream.write(header)
+        self.stream.write(data)
+        self.stream.write(bytes(pad))
+        return len(header) + len(data) + pad
+
     def commit(self, schema: pa.Schema) -> None:
-        self.tar.close()
+        end = 2 * TAR_BLOCK  # end of archive, then padding to a whole record, as tarfile writes it
+        end += -(self.nbytes + end) % tarfile.RECORDSIZE
+        self.stream.write(bytes(end))
         self.stream.close()
         self.out.commit(self.tmp, self.final)  # tar first: the manifest, renamed last, is the commit
         self.out.write_parquet_atomic(self.out.manifest_path(self.name), manifest_table(self.rows, schema))
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """tarfile's header for a member (a pax header first where one ustar block cannot hold the
+    name or size), with TarWriter's fields."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "bigdata", "bigdata"
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
 def tar_size(sample: dict) -> int:
@@ -210,7 +184,7 @@ class ShardDatasink(Datasink):
                 count, example = errors[stage].get(reason, (0, f"input {row.get('input')!r}: {str(detail)[:300]}"))
                 errors[stage][reason] = (count + 1, example)
 
-        rows = [r for block in blocks for r in _rows(BlockAccessor.for_block(block).to_batch_format("numpy"))]
+        rows = [r for block in blocks for r in _rows(block, self.schema)]
         owners = ray.get(self.registry.claim.remote(task, [str(r.get("key")) for r in rows])) if rows else []
         seen: set[str] = set()
         encoded = []
@@ -240,9 +214,9 @@ class ShardDatasink(Datasink):
         for item in encoded:
             by_value[str(item[1].get(self.shard_by)) if self.shard_by else ""].append(item)
         packed = [group for value in sorted(by_value) for group in self._pack(by_value[value])]
-        for g, group in enumerate(packed):
-            name = shard_name(self.schema.name, ray.get(self.registry.shard_index.remote(task, g)))
-            shard = _ShardWriter(self.out, name)
+        indices = ray.get(self.registry.shard_indices.remote(task, len(packed))) if packed else []
+        for group, index in zip(packed, indices):
+            shard = _ShardWriter(self.out, shard_name(self.schema.name, index))
             for sample, manifest_row in group:
                 shard.add(sample, manifest_row)
             shard.commit(self.schema.manifest_schema)
@@ -292,13 +266,14 @@ class ShardDatasink(Datasink):
         for name in names:
             if name == "json":
                 continue
-            member = self.schema.member_for(name)
-            sample[f"{name}.{member.ext}"] = encode_member(member, row[name])
+            member, value = self.schema.member_for(name), row[name]
+            # bytes (stages/encode) are written as they are: a view into the block, never copied
+            sample[f"{name}.{member.ext}"] = value if isinstance(value, (bytes, memoryview)) else encode_member(member, value)
         # The json member: the sample's manifest fields plus anything the pipeline put in `json`.
         meta = {k: v for k, v in manifest_row.items() if k != "shard"}
         extra = row.get("json")
         if extra is not None:
-            meta.update(extra if isinstance(extra, dict) else json.loads(extra))
+            meta.update(extra if isinstance(extra, dict) else json.loads(bytes(extra) if isinstance(extra, memoryview) else extra))
         sample["json.json"] = encode_member(self.schema.member_for("json"), meta)
         return sample, manifest_row
 
@@ -319,11 +294,38 @@ class ShardDatasink(Datasink):
                           self.stages, returns)
 
 
-def _rows(batch: dict) -> list[dict]:
-    """A block as numpy columns -> row dicts; a scalar NaN is a null that went through numpy."""
-    n = len(next(iter(batch.values()))) if batch else 0
-    return [{k: (None if isinstance(v[i], (float, np.floating)) and v[i] != v[i] else v[i]) for k, v in batch.items()}
+def _rows(block, schema: DatasetSchema) -> list[dict]:
+    """A block -> row dicts. A member column of bytes in an Arrow block is read in place (a
+    memoryview per value into the block the object store already holds) rather than copied into
+    a Python bytes object per value; the other columns go through Ray's numpy conversion, where a
+    scalar NaN is a null that went through pandas."""
+    acc = BlockAccessor.for_block(block)
+    if isinstance(block, pa.Table):
+        in_place = {f.name for f in block.schema if schema.member_for(f.name) is not None
+                    and (pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type))}
+        rest = [n for n in block.column_names if n not in in_place]
+        columns = acc.to_numpy(rest) if rest else {}
+        for name in in_place:
+            columns[name] = _views(block.column(name))
+    else:
+        columns = acc.to_batch_format("numpy")
+    n = acc.num_rows()
+    return [{k: (None if isinstance(v[i], (float, np.floating)) and v[i] != v[i] else v[i]) for k, v in columns.items()}
             for i in range(n)]
+
+
+def _views(column: pa.ChunkedArray) -> list:
+    """Each value of a binary column as a memoryview into the column's data buffer (None for a
+    null): no copy, where a scalar's as_buffer() per value costs tens of microseconds."""
+    out = []
+    for chunk in column.chunks:
+        _, offsets, data = chunk.buffers()
+        dtype = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+        ends = np.frombuffer(offsets, dtype=dtype)[chunk.offset:chunk.offset + len(chunk) + 1]
+        view = memoryview(data if data is not None else b"")
+        nulls = chunk.is_null().to_pylist() if chunk.null_count else [False] * len(chunk)
+        out.extend(None if null else view[ends[i]:ends[i + 1]] for i, null in enumerate(nulls))
+    return out
 
 
 def _as_str(v):

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import webdataset as wds
 
 from runtime.rows import dataset_of
 from schemas import load_manifest, load_rejects, validate
 from schemas.registry import get_schema
+from schemas import writer
 from schemas.store import DatasetDir
 from schemas.writer import ErrorBudgetExceeded, ShardDatasink
 from tests.helpers import synthetic_rows
 
 class DiesAfterFirstMember(ShardDatasink):
     """The real writer, except that the first attempt of the first write task exits (as under the
-    OOM killer) right after writing its first tar member; `marker` says it happened."""
+    OOM killer) right after writing its first sample into a tar; `marker` says it happened."""
 
     def __init__(self, *args, marker: Path, **kw):
         super().__init__(*args, **kw)
@@ -27,14 +27,15 @@ class DiesAfterFirstMember(ShardDatasink):
     def write(self, blocks, ctx):
         marker = self.marker
         if not marker.exists():
-            first = wds.TarWriter.write
+            first = writer._ShardWriter.add
 
-            def write_then_die(tar, sample):
-                first(tar, sample)
+            def add_then_die(shard, sample, manifest_row):
+                first(shard, sample, manifest_row)
+                shard.stream.flush()  # the half tar on disk, as a process killed mid-write leaves it
                 marker.write_text(str(ctx.task_idx))
                 os._exit(1)
 
-            wds.TarWriter.write = write_then_die
+            writer._ShardWriter.add = add_then_die
         return super().write(blocks, ctx)
 
 
