@@ -103,11 +103,13 @@ def test_chaos_synthetic_and_dip(seed, tmp_path):
     assert_every_key_once(str(tmp_path / "dip/dip"), keys)
     assert any("MapWorker" in k for k in killed) and len(killed) >= KILLS, killed
 
-    # a rerun finds every key decided: no new sample, no new reject
+    # a rerun finds every key decided: no new sample, no new reject; it removes what a killed
+    # attempt left under a hidden temporary name (a `_tmp-` manifest or tar), nothing else
     for script, argv, out, expected in (("synthetic", syn, "syn/dip", synthetic_keys), ("dip", args, "dip/dip", keys)):
-        before = sorted(p.name for p in (tmp_path / out).rglob("*.parquet"))
+        before = sorted(p.name for p in (tmp_path / out).rglob("*.parquet") if not p.name.startswith("_tmp-"))
         rerun = subprocess.run([sys.executable, f"pipelines/{script}.py", *argv], cwd=ROOT, capture_output=True,
                                text=True, timeout=RUN_LIMIT_S)
         assert rerun.returncode == 0 and "0 samples in 0 new shards" in rerun.stdout, rerun.stdout[-2000:]
         assert sorted(p.name for p in (tmp_path / out).rglob("*.parquet")) == before
+        assert not list((tmp_path / out).rglob("_tmp-*"))
         assert_every_key_once(str(tmp_path / out), expected)
