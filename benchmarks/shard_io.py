@@ -240,7 +240,7 @@ def main(argv=None) -> dict:
         sink_bytes = tar_bytes(shards)
         members = members_of(shards)
 
-        bare = []  # (seconds, tar bytes) of each bare write
+        bare = []  # (seconds, tar bytes, tars) of each bare write
 
         def bare_once():
             path = f"{tmp}/bare{len(bare)}"

@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from schemas.contract import to_jsonable
 from schemas.runs import dataset_counts
 from schemas.store import DatasetDir, dataset_uri, read_json
+from schemas.tars import archive_end, padded, write_member
 
 GROUPS, REFS = "multiid", "multiid_refs"
 DEFAULT_THRESHOLD = 0.4  # section 3's retrieval threshold: a face this close may be the person
@@ -414,18 +415,12 @@ def _rewrite_shard(d: DatasetDir, name: str, manifest: pa.Table, drop: set[str],
                     written += _write_member(dst, m, json.dumps(to_jsonable(meta), allow_nan=False).encode())
                 else:
                     src.seek(m.offset)
-                    written += _copy(src, m.offset_data + _blocks(m.size) - m.offset, dst)
-            end = tarfile.BLOCKSIZE * 2  # end of archive, then padding to a whole record, as tarfile writes it
-            end += -(written + end) % tarfile.RECORDSIZE
-            dst.write(b"\0" * end)
+                    written += _copy(src, m.offset_data + padded(m.size) - m.offset, dst)
+            dst.write(archive_end(written))
     manifest_tmp = d.tmp_path(mpath)
     pq.write_table(manifest, manifest_tmp, filesystem=d.fs)
     d.commit(tar_tmp, tar_path)  # tar first: the manifest, renamed last, is the commit
     d.commit(manifest_tmp, mpath)
-
-
-def _blocks(size: int) -> int:
-    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
 def _copy(src, n: int, dst) -> int:
@@ -440,14 +435,10 @@ def _copy(src, n: int, dst) -> int:
 
 
 def _write_member(dst, info: tarfile.TarInfo, data: bytes) -> int:
+    """The member again with new data: its own header fields, the new size."""
     m = copy.copy(info)
     m.size = len(data)
-    header = m.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    dst.write(header)
-    dst.write(data)
-    pad = _blocks(len(data)) - len(data)
-    dst.write(b"\0" * pad)
-    return len(header) + len(data) + pad
+    return write_member(dst, m.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), data)
 
 
 # --- rejects ---------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-import tarfile
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -34,9 +33,9 @@ from schemas.contract import (
 from schemas.runs import record_run
 from schemas.shard_registry import ShardRegistry
 from schemas.store import DatasetDir, shard_name
+from schemas.tars import BLOCK as TAR_BLOCK, archive_end, member_header, padded, write_member
 
 DEFAULT_TARGET_BYTES = 1 << 30  # ~1 GB shards on the GPU profile
-TAR_BLOCK = tarfile.BLOCKSIZE
 # A member's header, data and padding are three writes; the buffer makes them one system call per
 # MB (on S3 the upload buffers its parts on top of it).
 WRITE_BUFFER = 1 << 20
@@ -73,37 +72,20 @@ class _ShardWriter:
         key = sample["__key__"]
         for name in sorted(sample):
             if name != "__key__":
-                self.nbytes += self._member(f"{key}.{name}", sample[name])
+                data = sample[name]
+                self.nbytes += write_member(self.stream, member_header(f"{key}.{name}", len(data)), data)
         self.rows.append(dict(manifest_row, shard=self.name))
 
-    def _member(self, name: str, data) -> int:
-        header = tar_header(name, len(data))
-        pad = -len(data) % TAR_BLOCK
-        self.stream.write(header)
-        self.stream.write(data)
-        self.stream.write(bytes(pad))
-        return len(header) + len(data) + pad
-
     def commit(self, schema: pa.Schema) -> None:
-        end = 2 * TAR_BLOCK  # end of archive, then padding to a whole record, as tarfile writes it
-        end += -(self.nbytes + end) % tarfile.RECORDSIZE
-        self.stream.write(bytes(end))
+        self.stream.write(archive_end(self.nbytes))
         self.stream.close()
         self.out.commit(self.tmp, self.final)  # tar first: the manifest, renamed last, is the commit
         self.out.write_parquet_atomic(self.out.manifest_path(self.name), manifest_table(self.rows, schema))
 
 
-def tar_header(name: str, size: int) -> bytes:
-    """tarfile's header for a member (a pax header first where one ustar block cannot hold the
-    name or size), with TarWriter's fields."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "bigdata", "bigdata"
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-
-
 def tar_size(sample: dict) -> int:
     """Bytes a sample takes in a tar: per member a header block plus data padded to whole blocks."""
-    return sum(TAR_BLOCK + -(-len(v) // TAR_BLOCK) * TAR_BLOCK for k, v in sample.items() if k != "__key__")
+    return sum(TAR_BLOCK + padded(len(v)) for k, v in sample.items() if k != "__key__")
 
 
 def manifest_table(rows: list[dict], schema: pa.Schema) -> pa.Table:

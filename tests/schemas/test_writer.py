@@ -12,13 +12,14 @@ import tarfile
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import webdataset as wds
 from ray.data.block import BlockAccessor
 
 from schemas.contract import encode_member
 from schemas.registry import get_schema
 from schemas.store import DatasetDir
-from schemas.writer import ShardDatasink, _rows, _ShardWriter
+from schemas.writer import ShardDatasink, _rows, _ShardWriter, _views
 from tests.conftest import ROOT
 from tests.helpers import plain, synthetic_rows
 
@@ -83,6 +84,16 @@ def test_arrow_rows_read_member_bytes_in_place_and_encode_as_numpy_rows(tmp_path
         (sample_a, manifest_a), (sample_b, manifest_b) = sink._encode(a), sink._encode(b)
         assert {k: bytes(v) if isinstance(v, memoryview) else v for k, v in sample_a.items()} == sample_b
         assert {k: plain(v) for k, v in manifest_a.items()} == {k: plain(v) for k, v in manifest_b.items()}
+
+
+@pytest.mark.parametrize("kind", [pa.binary(), pa.large_binary()])
+def test_views_of_a_sliced_column_with_nulls_are_its_values(kind):
+    """A block Ray sliced out of a larger one starts at an offset into its buffers; a null is None."""
+    values = [b"a", None, b"", b"bcd" * 100, b"e", None, b"fg"]
+    column = pa.chunked_array([pa.array(values[:4], kind).slice(1), pa.array(values[4:], kind).slice(1, 2)])
+    got = _views(column)
+    assert all(isinstance(v, memoryview) for v in got if v is not None)
+    assert [None if v is None else bytes(v) for v in got] == values[1:4] + values[5:7]
 
 
 def test_a_json_member_given_as_bytes_in_a_block_is_merged(tmp_path, ray_local):
