@@ -3,7 +3,7 @@ every GPU pool kept at the rate of the slowest one, with none starved by CPU sta
 movement, backpressure or slow start-up?
 
     python benchmarks/simulated.py [--pipelines dip,multiid,uper,iapo] [--gpus 8] [--costs table.yaml]
-                                   [--time-scale X] [--splits] [--json out.json]
+                                   [--time-scale X] [--splits] [--json out.json] [--timeline dir]
 
 Each pipeline runs its configs/<name>.gpu.yaml (`pools: auto`: the split of --gpus GPUs that
 runtime/pools.py computes from the cost table) in a fresh process, on a local Ray of --gpus
@@ -26,8 +26,10 @@ Per pipeline:
   upstream or held back by anything downstream shows here;
 - time to all pools busy: per segment, from the moment its last actor has loaded to the moment every
   actor of every pool has started a batch, less the time a zero-overhead schedule of the same
-  pools needs for that (`ideal`: every CPU stage and transfer instant, so a pool downstream of FLUX
-  waits for FLUX's first batches, which no scheduler can shorten). What remains is start-up and
+  pools needs for that (`ideal`: every CPU stage and transfer instant, each actor free from the
+  moment the measured run loaded it, so a pool downstream of FLUX waits for FLUX's first batches,
+  which no scheduler can shorten, and a FLUX pool that loaded first gives both the same head
+  start). What remains is start-up and
   scheduling overhead in real seconds (NeMo Curator #1618's 161 s to 4 of 4 actors is this
   number); the largest segment's is printed.
 A second line gives the whole run (from models loaded to the last commit, fill and drain
@@ -68,8 +70,13 @@ PIPELINES = ("dip", "multiid", "uper", "iapo")
 # Inputs and simulated clock per pipeline, sized for 2 CPU cores: the scale keeps the CPU stages
 # under about half the cores at the bound's rate; the inputs give the slowest pool 10+ batches a
 # actor of steady state.
+# IAPO: a row holds two decoded 1024 px images (6 MB), a 16-row batch 96 MB, and Ray Data splits
+# half the object store evenly among the operators: with Ray's default store here (6.5 GB, 30% of
+# 24 GB) its 12 get 135 MB each, one batch, and 7 planner actors ran one task at a time behind
+# 2 GB of queued input. An 8-GPU node's store (Ray's default there: 200 GB) holds them all; 12 GB
+# here lets each pool have its actors' batches in flight.
 RUNS = {"dip": {"n": 160, "time_scale": 0.2}, "multiid": {"n": 300, "time_scale": 2.0},
-        "uper": {"n": 600, "time_scale": 1.0}, "iapo": {"n": 600, "time_scale": 1.0}}
+        "uper": {"n": 600, "time_scale": 1.0}, "iapo": {"n": 600, "time_scale": 1.0, "object_store_gb": 12}}
 
 
 def plans_for(name: str, overrides: list[str], gpus: float, workers: dict):
@@ -83,17 +90,21 @@ def plans_for(name: str, overrides: list[str], gpus: float, workers: dict):
 
 
 # -- the zero-overhead schedule ------------------------------------------------------------------
-def ideal_schedule(pools: list[tuple[str, int, int, float]], n: int, seconds) -> dict:
+def ideal_schedule(pools: list[tuple[str, int, int, float]], n: int, seconds, ready=None) -> dict:
     """A chain of pools (step, actors, batch, share) fed n rows at t=0, every CPU stage and
     transfer instant: a free actor takes a full batch of the rows waiting (a partial one once its
-    upstream is done). Per step: the time its k-th actor first started (busy[step]), and the
-    time the last row left the chain (end)."""
+    upstream is done). ready: per step, the times its actors become free (loaded; default all at
+    0), so the ideal starts each pool when the measured run had it. Per step: the time its k-th
+    actor first started (busy[step]), and the time the last row left the chain (end)."""
     waiting = [n] + [0] * len(pools)
     done = [0] * len(pools)
-    free = [a for _, a, _, _ in pools]
-    running: list = []
+    free = [0] * len(pools)
+    # an actor becoming free is a batch of no rows ending at its load time
+    running = [(t, i, 0) for i, (step, actors, _, _) in enumerate(pools)
+               for t in ((ready or {}).get(step) or [0.0] * actors)]
+    heapq.heapify(running)
     busy = {step: [] for step, *_ in pools}
-    t = 0.0
+    t = min(x[0] for x in running) if running else 0.0
     while True:
         for i, (step, actors, batch, share) in enumerate(pools):
             upstream_done = i == 0 or done[i - 1] == n
@@ -101,7 +112,7 @@ def ideal_schedule(pools: list[tuple[str, int, int, float]], n: int, seconds) ->
                 take = min(batch, waiting[i])
                 waiting[i] -= take
                 free[i] -= 1
-                if actors - free[i] > len(busy[step]):
+                if actors - free[i] - sum(1 for x in running if x[1] == i and x[2] == 0) > len(busy[step]):
                     busy[step].append(t)
                 heapq.heappush(running, (t + seconds(step, take, share), i, take))
         if not running:
@@ -120,13 +131,17 @@ def one_run(spec: dict) -> dict:
     costs = load_costs(spec["costs"])
     module = importlib.import_module(f"pipelines.{spec['pipeline']}")
     workers = simulated_workers(module.WORKERS, costs, spec["time_scale"], spec["events"])
-    ray.init(num_cpus=spec["cpus"], num_gpus=spec["gpus"], include_dashboard=False, log_to_driver=False)
+    store = int(spec["object_store_gb"] * 1e9) if spec.get("object_store_gb") else None
+    ray.init(num_cpus=spec["cpus"], num_gpus=spec["gpus"], object_store_memory=store, include_dashboard=False,
+             log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     argv = ["--config", str(ROOT / "configs" / f"{spec['pipeline']}.gpu.yaml"), "--out", spec["out"]]
     for o in spec["overrides"]:
         argv += ["--set", o]
     t0 = time.time()
     module.main(argv, workers=workers)
+    if spec.get("timeline"):  # every task's start and end (chrome://tracing): where the seconds went
+        ray.timeline(spec["timeline"])
     return {"start": t0, "end": time.time()}
 
 
@@ -138,7 +153,9 @@ def run(name: str, args, costs_path: str | None, extra: list[str], work: Path, n
         # small shards: the commits' times are a fine-grained timeline
         "write.target_shard_samples=16", "write.target_shard_bytes=100000000000"] + extra
     spec = {"pipeline": name, "overrides": overrides, "events": str(events), "out": str(out), "costs": costs_path,
-            "time_scale": scale, "gpus": args.gpus, "cpus": args.cpus}
+            "time_scale": scale, "gpus": args.gpus, "cpus": args.cpus,
+            "object_store_gb": args.object_store_gb or RUNS[name].get("object_store_gb"),
+            "timeline": str(Path(args.timeline).resolve() / f"{name}-{work.name}.json") if args.timeline else None}
     proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True,
                           cwd=ROOT)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -193,9 +210,12 @@ def analyse(name: str, plans, costs, events: list[dict], out: Path, scale: float
         n_rows = sum(e["rows"] for e in b_k if e["stage"] == seg_k[0].name)
         pools = [(s.name, s.spec.concurrency, s.spec.batch_size, s.spec.num_gpus or 1.0) for s in seg_k]
         step_of = {s.name: s for s in seg_k}
-        ideal = ideal_schedule(pools, n_rows, lambda st, k, u: costs[step_of[st].role].batch_seconds(
-            k, step_of[st].kwargs, u) * scale)
         t_loaded = max(e["t"] for e in l_k)
+        # the ideal's actors load when the measured ones did: a pool that started early gives both
+        # the same head start, and the difference is the scheduling's alone
+        ready = {s.name: sorted(e["t"] - t_loaded for e in l_k if e["stage"] == s.name) for s in seg_k}
+        ideal = ideal_schedule(pools, n_rows, lambda st, k, u: costs[step_of[st].role].batch_seconds(
+            k, step_of[st].kwargs, u) * scale, ready)
         measured_busy, ideal_busy, per_step = 0.0, 0.0, {}
         for s in seg_k:
             firsts = sorted(min(e["start"] for e in b_k if e["stage"] == s.name and e["actor"] == a)
@@ -293,6 +313,8 @@ def main(argv=None) -> dict:
     p.add_argument("--pipelines", default=",".join(PIPELINES))
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--cpus", type=int, default=64, help="Ray's logical CPUs (the actors hold one each)")
+    p.add_argument("--object-store-gb", type=float, help="Ray's object store (default: RUNS, else Ray's own)")
+    p.add_argument("--timeline", help="a folder: each run's Ray timeline (ray.timeline) as <pipeline>-<run>.json")
     p.add_argument("--costs", help="a cost table YAML over the defaults (runtime/costs.py)")
     p.add_argument("--time-scale", type=float, help="one scale for every pipeline (default: per pipeline, RUNS)")
     p.add_argument("--n", type=int, help="inputs per pipeline (default: RUNS)")
@@ -306,6 +328,8 @@ def main(argv=None) -> dict:
     if args.one:
         print("RESULT " + json.dumps(one_run(json.loads(args.one))), flush=True)
         return {}
+    if args.timeline:
+        Path(args.timeline).mkdir(parents=True, exist_ok=True)
     report = {"gpus": args.gpus, "runs": [], "splits": []}
     with tempfile.TemporaryDirectory(prefix="sf-simulated-") as tmp:
         for name in [x for x in args.pipelines.split(",") if x]:

@@ -24,6 +24,12 @@ def test_ideal_schedule_by_hand():
     # come at t=2 and wait for B, free at t=3, which takes them as a batch of 2 until t=5
     s = ideal_schedule([("A", 2, 2, 1.0), ("B", 1, 4, 1.0)], 6, lambda step, rows, share: seconds[step])
     assert s["end"] == 5.0 and s["busy"]["B"] == [1.0]
+    # actors that load at different times: one A at -2, the other at 0, B at 3. A alone does
+    # rows 1-2 by -1 and 3-4 by 0, when the second A starts (two busy at 0) on 5-6 and the first
+    # on 7-8, both done at 1; B waits for its load, takes 4 rows at 3 and 4 more at 5, until 7
+    s = ideal_schedule([("A", 2, 2, 1.0), ("B", 1, 4, 1.0)], 8, lambda step, rows, share: seconds[step],
+                       ready={"A": [-2.0, 0.0], "B": [3.0]})
+    assert s == {"busy": {"A": [-2.0, 0.0], "B": [3.0]}, "end": 7.0}
 
 
 def test_hand_splits_are_the_fixed_configs_that_fit():
