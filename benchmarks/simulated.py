@@ -99,6 +99,7 @@ def ideal_schedule(pools: list[tuple[str, int, int, float]], n: int, seconds, re
     waiting = [n] + [0] * len(pools)
     done = [0] * len(pools)
     free = [0] * len(pools)
+    loaded = [0] * len(pools)  # actors past their load time: those running are loaded - free
     # an actor becoming free is a batch of no rows ending at its load time
     running = [(t, i, 0) for i, (step, actors, _, _) in enumerate(pools)
                for t in ((ready or {}).get(step) or [0.0] * actors)]
@@ -106,18 +107,19 @@ def ideal_schedule(pools: list[tuple[str, int, int, float]], n: int, seconds, re
     busy = {step: [] for step, *_ in pools}
     t = min(x[0] for x in running) if running else 0.0
     while True:
-        for i, (step, actors, batch, share) in enumerate(pools):
+        for i, (step, _, batch, share) in enumerate(pools):
             upstream_done = i == 0 or done[i - 1] == n
             while free[i] and (waiting[i] >= batch or (upstream_done and waiting[i] > 0)):
                 take = min(batch, waiting[i])
                 waiting[i] -= take
                 free[i] -= 1
-                if actors - free[i] - sum(1 for x in running if x[1] == i and x[2] == 0) > len(busy[step]):
+                if loaded[i] - free[i] > len(busy[step]):
                     busy[step].append(t)
                 heapq.heappush(running, (t + seconds(step, take, share), i, take))
         if not running:
             return {"busy": busy, "end": t}
         t, i, rows = heapq.heappop(running)
+        loaded[i] += rows == 0
         free[i] += 1
         done[i] += rows
         waiting[i + 1] += rows
