@@ -54,6 +54,8 @@ class PipelineConfig(Strict):
     profile: str = "tiny"
     seed: int = 0
     max_input_bytes: int = Field(256 << 20, description="an input file larger than this is a reject, never read")
+    license: str = Field("other", description="the dataset card's license (a Hugging Face license id); the models' "
+                                             "own licenses bind what they make: FLUX.1 dev's is non-commercial")
     max_error_fraction: float = Field(0.05, description="a stage failing on more of its rows (after 20) stops the run")
     write: WriteConfig = WriteConfig()
     ray: RayConfig = RayConfig()

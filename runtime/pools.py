@@ -11,9 +11,12 @@ The split, per segment (the pools of one segment are alive together): find the h
 for which every GPU step gets the GPUs T x its per-sample cost needs, each pool cut into actors
 of one share 1, 1/2, 1/4, ... no smaller than the role's min_gpus (powers of two, so Ray's
 first-fit placement of fractional GPUs packs them whatever the order), and all shares pack into
-the cluster's devices. Steps of roles the config runs on CPUs (num_gpus 0) keep their pools. An
-actor of share u holds u x the role's num_cpus: a pool's CPUs follow its GPUs, so cutting a pool
-into many small actors does not take the CPUs the CPU stages run on.
+the cluster's devices. Then the GPUs left over go to the pools that do not bind (progressive
+filling, max-min): the binding pools keep their cut, the others are raised together, round by
+round, up to HEADROOM x T, in actors no smaller than they had. Steps of roles the config runs on
+CPUs (num_gpus 0) keep their pools. An actor of share u holds u x the role's num_cpus: a pool's
+CPUs follow its GPUs, so cutting a pool into many small actors does not take the CPUs the CPU
+stages run on.
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ from dataclasses import dataclass
 from runtime.costs import Cost
 
 SHARES = (1.0, 0.5, 0.25, 0.125, 0.0625)  # a GPU actor's share of one device
+# pools: auto gives a light pool spare GPUs up to this multiple of its segment's rate: at twice the
+# rate a pool is idle half the time already, and more actors are only more processes and models
+HEADROOM = 2.0
 
 
 @dataclass(frozen=True)
@@ -85,11 +91,12 @@ def bound(plan, costs: dict[str, Cost], pools: dict[str, Pool] | None = None) ->
     return Bound(caps, segs)
 
 
-def _cut(need: float, cost: Cost) -> tuple[int, float]:
-    """(actors, share) giving at least `need` GPUs in the fewest GPUs, then the fewest actors."""
+def _cut(need: float, cost: Cost, smallest: float = 0.0) -> tuple[int, float]:
+    """(actors, share) giving at least `need` GPUs in the fewest GPUs, then the fewest actors, of
+    shares no smaller than the role's min_gpus and `smallest`."""
     options = []
     for u in SHARES:
-        if u + 1e-9 >= cost.min_gpus:
+        if u + 1e-9 >= max(cost.min_gpus, smallest):
             k = max(1, math.ceil(need / u - 1e-9))
             options.append((k * u, k, u))
     _, k, u = min(options, key=lambda o: (round(o[0], 9), o[1]))
@@ -120,25 +127,48 @@ def auto_split(plan, gpus: float, costs: dict[str, Cost]) -> dict[str, Pool]:
         if devices < 1:
             raise ValueError(f"{plan.name}: pools: auto needs at least one GPU in the cluster, found {gpus:g}")
         per_sample = {s.name: costs[s.role].per_sample_seconds(s.spec.batch_size, s.kwargs) for s in gpu_steps}
+        role = {s.name: costs[s.role] for s in gpu_steps}
+        frozen: dict[str, tuple[int, float]] = {}  # the pools that bind, at the cut they bind with
+        smallest: dict[str, float] = {}
 
         def cuts(rate: float) -> dict[str, tuple[int, float]]:
-            return {s.name: _cut(rate * per_sample[s.name], costs[s.role]) for s in gpu_steps}
+            return {n: frozen.get(n) or _cut(rate * c, role[n], smallest.get(n, 0.0)) for n, c in per_sample.items()}
 
         def fits(rate: float) -> bool:
             return packs([u for k, u in cuts(rate).values() for _ in range(k)], devices)
 
-        lo, hi = 0.0, devices / sum(per_sample.values())  # hi: every GPU busy, no rounding
-        if not fits(lo):
+        if not fits(0.0):
             raise ValueError(f"{plan.name}: {len(gpu_steps)} GPU pools do not fit on {devices} GPU(s) even at "
                              f"their smallest shares")
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        best = cuts(lo)
+        lo, hi = _highest(fits, 0.0, devices / sum(per_sample.values()))  # hi: every GPU busy, no rounding
+        best, top = cuts(lo), HEADROOM * lo
+        # progressive filling: the pools that bind at the highest rate keep their cut, and the
+        # others share what is left, up to HEADROOM x that rate, round by round, in actors no
+        # smaller than they had (more of a small share is more processes, not more speed). A pool
+        # cut to just above the segment's rate stalls it at every hand-off's jitter (IAPO's
+        # grounding at 1.08x its planner), while a GPU left over does nothing at all.
+        smallest.update({n: u for n, (k, u) in best.items()})
+        while lo < top:
+            frozen.update({n: c for n, c in best.items() if n not in frozen and cuts(hi)[n] != c})
+            if len(frozen) == len(per_sample):
+                break
+            if fits(top):
+                best = cuts(top)
+                break
+            lo, hi = _highest(fits, lo, top)
+            best = cuts(lo)
         for s in gpu_steps:
             k, u = best[s.name]
             split[s.name] = Pool(s.name, s.role, k, u, s.spec.batch_size)
     return split
+
+
+def _highest(fits, lo: float, hi: float) -> tuple[float, float]:
+    """Bisect [lo, hi] (fits(lo) holds) to the highest rate that fits, and one just above it."""
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo, hi
 
 
 def apply_split(plan, split: dict[str, Pool], base: dict | None = None) -> None:

@@ -74,6 +74,7 @@ class DatasetSchema:
     members: tuple[Member, ...]
     fields: tuple[pa.Field, ...]  # the dataset's own manifest columns
     doc: str = ""
+    tasks: tuple[str, ...] = ("text-to-image",)  # the dataset card's task_categories (Hugging Face's)
 
     @property
     def manifest_schema(self) -> pa.Schema:

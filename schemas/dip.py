@@ -10,6 +10,7 @@ f32, i32, s = pa.float32(), pa.int32(), pa.string()
 
 SCHEMA = DatasetSchema(
     name="dip",
+    tasks=("text-to-image", "image-to-image"),  # subject-driven: a reference image in, a new image out
     version=SCHEMA_VERSION,
     members=(
         Member("ref", "jpg", "image"),

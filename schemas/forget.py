@@ -595,7 +595,7 @@ def _record_takedown(d: DatasetDir, record: dict, ids: set[int]) -> None:
     split = info.get("bench_split")
     if d.dataset == GROUPS and isinstance(split, dict):
         info["bench_split"] = _bench_split_without(d, split, ids)
-    d.write_bytes_atomic(d.sub("dataset.json"), json.dumps(info, indent=2).encode())
+    d.write_info(info)
 
 
 def _bench_split_without(d: DatasetDir, split: dict, ids: set[int]) -> dict:

@@ -55,6 +55,7 @@ SCHEMA = DatasetSchema(
 
 REFS_SCHEMA = DatasetSchema(
     name="multiid_refs",
+    tasks=("image-feature-extraction",),  # ArcFace references of each identity
     version=SCHEMA_VERSION,
     members=(
         Member("image", "jpg", "image"),

@@ -3,7 +3,6 @@ package versions and the dataset's counts on disk. The shard writer calls `recor
 tasks have returned; nothing here packs samples."""
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter, defaultdict
 from importlib import metadata
@@ -54,9 +53,11 @@ def record_run(out: DatasetDir, schema: DatasetSchema, run_id: str, started: flo
         "config": to_jsonable(config),
         "packages": package_versions(),
         "counts": dataset_counts(out),
+        # every member file name a sample has had (a family's mask_0, mask_1, ...): the card's features
+        "members": sorted(set(previous.get("members") or []).union(*(r.get("members", []) for r in returns))),
         "runs": runs,
     }
-    out.write_bytes_atomic(out.sub("dataset.json"), json.dumps(info, indent=2).encode())
+    out.write_info(info)
     return info
 
 

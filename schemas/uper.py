@@ -15,6 +15,7 @@ f32, i32, s = pa.float32(), pa.int32(), pa.string()
 
 SCHEMA = DatasetSchema(
     name="uper",
+    tasks=("text-to-image", "image-to-image"),
     version=SCHEMA_VERSION,
     members=(
         Member("ref_clean", "png", "image"),  # subject composited on pure white

@@ -152,7 +152,7 @@ class ShardDatasink(Datasink):
         the same reject file: what the first attempt committed is overwritten with itself, what it
         left half-written stays under a hidden temporary name (removed by the next run)."""
         task = ctx.task_idx
-        stats = {"samples": 0, "shards": [], "bytes": 0, "rejects": Counter(), "stage_rows": Counter(),
+        stats = {"samples": 0, "shards": [], "bytes": 0, "members": set(), "rejects": Counter(), "stage_rows": Counter(),
                  "stage_seconds": defaultdict(float)}
         rejects: list[dict] = []
         errors: dict[str, dict] = defaultdict(dict)
@@ -201,6 +201,7 @@ class ShardDatasink(Datasink):
             shard = _ShardWriter(self.out, shard_name(self.schema.name, index))
             for sample, manifest_row in group:
                 shard.add(sample, manifest_row)
+                stats["members"].update(name for name in sample if name != "__key__")
             shard.commit(self.schema.manifest_schema)
             stats["shards"].append(shard.name)
             stats["bytes"] += shard.nbytes
@@ -212,6 +213,7 @@ class ShardDatasink(Datasink):
             raise ErrorBudgetExceeded(violation)
         stats["rejects"] = [[s, r, n] for (s, r), n in stats["rejects"].items()]
         stats["stage_seconds"] = dict(stats["stage_seconds"])
+        stats["members"] = sorted(stats["members"])
         stats["stage_rows"] = dict(stats["stage_rows"])
         return stats
 

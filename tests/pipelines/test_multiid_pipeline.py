@@ -86,6 +86,11 @@ def test_group_photos_identities_captions_split(multiid_world):
         assert r.split == ("bench" if held & set(r.reached) else "train")
         assert set(r.identity_at_040) - {-1} <= set(r.reached)
     assert set(m.split) == {"train", "bench"}
+    # both folders' dataset cards: the counts on disk, and the group photos' bench split
+    card = (out / "multiid/README.md").read_text()
+    assert f"- samples: {len(m)}" in card and f"num_examples: {len(m)}" in card
+    assert "## Bench split" in card and "Held-out identities: 1; leakage check passed" in card
+    assert "task_categories:\n- image-feature-extraction" in (out / "multiid_refs/README.md").read_text()
     # one write, paired and unpaired photos in shards of their own; every photo counted
     assert len(info["runs"]) == 1 and info["runs"][0]["passes"] == 1
     stages = {st["stage"]: st for st in info["runs"][0]["stages"]}

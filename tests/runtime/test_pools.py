@@ -55,18 +55,40 @@ def test_bound_is_the_slowest_pool_and_a_barrier_adds_its_segments(tmp_path):
 def test_auto_split_by_hand():
     # A 2.5 GPU-s a sample (whole devices only), B 1.2 (quarters), C 0.1 (sixteenths), 8 GPUs.
     # At rate T: A needs ceil(2.5T) devices, B ceil(4.8T)/4, C ceil(1.6T)/16. T = 2.0 gives 5 + 2.5
-    # + 0.25 = 7.75; any T above needs a sixth device for A: 8.75. So T* = 2.0 a second.
+    # + 0.25 = 7.75; any T above needs a sixth device for A: 8.75. So T* = 2.0 a second, and A
+    # binds. B's 2.4 GPUs at T*: 5 halves (or 10 quarters, more actors); C's 0.2: one quarter is
+    # the fewest GPUs (a sixteenth x 4 is as many GPUs in more actors).
+    # Filling, in actors no smaller than those: B's 5 halves hold up to T = 2.5 / 1.2 = 2.083, a
+    # sixth half would make 8.25 GPUs, so B binds next at 5 halves. C alone up to HEADROOM x T* =
+    # 4: 0.4 GPUs, one half (two quarters are as many GPUs in more actors): 5 + 2.5 + 0.5 = 8.
     costs = {"a": Cost(2.5, min_gpus=1.0), "b": Cost(1.2, min_gpus=0.25), "c": Cost(0.1, min_gpus=0.0625)}
     plan = Stub(model("A", "a", batch=1), model("B", "b", batch=1), model("C", "c", batch=1))
     split = auto_split(plan, 8, costs)
-    # B's 2.5 GPUs: as 5 halves (or 10 quarters, more actors); C's 0.2: one quarter is the
-    # fewest GPUs (a sixteenth x 4 is as many GPUs in more actors)
-    assert {s: (p.actors, p.gpus) for s, p in split.items()} == {"A": (5, 1.0), "B": (5, 0.5), "C": (1, 0.25)}
+    assert {s: (p.actors, p.gpus) for s, p in split.items()} == {"A": (5, 1.0), "B": (5, 0.5), "C": (1, 0.5)}
     b = bound(plan, costs, split)
-    assert b.capacities == pytest.approx({"A": 2.0, "B": 2.5 / 1.2, "C": 2.5})
+    assert b.capacities == pytest.approx({"A": 2.0, "B": 2.5 / 1.2, "C": 5.0})
     assert b.samples_per_hour == pytest.approx(7200)
     apply_split(plan, split)
-    assert [(s.spec.concurrency, s.spec.num_gpus) for s in plan.steps] == [(5, 1.0), (5, 0.5), (1, 0.25)]
+    assert [(s.spec.concurrency, s.spec.num_gpus) for s in plan.steps] == [(5, 1.0), (5, 0.5), (1, 0.5)]
+
+
+def test_auto_split_gives_light_pools_the_gpus_left_over():
+    # IAPO's shape: two VLM pools (0.5 GPU-s a sample, halves) and a grounding pool between them
+    # (0.02, quarters), 8 GPUs. T* = 7.0 a second: 7 halves each (3.5 GPUs) and grounding's 0.14 in
+    # one quarter, 7.25 in all; at any T above, the VLMs need an 8th half each: 8.25. Grounding's
+    # quarter is 0.25 / 0.02 = 12.5 a second, 1.79x T*; the spare GPUs take it to HEADROOM x T* =
+    # 14 a second, 0.28 GPUs: one half (two quarters are as many GPUs in more actors), 7.5 in all.
+    costs = {"vlm": Cost(0.5, min_gpus=0.5), "grounding": Cost(0.02, min_gpus=0.25)}
+    plan = Stub(model("planner", "vlm", batch=1), model("ground", "grounding", batch=1), model("judge", "vlm", batch=1))
+    split = auto_split(plan, 8, costs)
+    assert {s: (p.actors, p.gpus) for s, p in split.items()} == {"planner": (7, 0.5), "ground": (1, 0.5),
+                                                                "judge": (7, 0.5)}
+    b = bound(plan, costs, split)
+    assert b.capacities == pytest.approx({"planner": 7.0, "ground": 25.0, "judge": 7.0})
+    # no spare at all: nothing moves
+    tight = {"flux": Cost(3.0, min_gpus=1.0), "vlm": Cost(1.0, min_gpus=0.5)}
+    two = Stub(model("gen", "flux", batch=1), model("judge", "vlm", batch=1))
+    assert {s: p.total_gpus for s, p in auto_split(two, 4, tight).items()} == {"gen": 3.0, "judge": 1.0}
 
 
 def test_auto_split_follows_the_cost():

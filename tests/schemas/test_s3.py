@@ -89,7 +89,7 @@ def check_dataset(uri: str, dataset: str, rows: list[dict], fs: pafs.FileSystem 
     store, root = resolve_filesystem(uri, fs)
     listed = sorted(i.path[len(root) + 1:] for i in store.get_file_info(pafs.FileSelector(root, recursive=True))
                     if i.type == pafs.FileType.File)
-    assert listed == sorted(["dataset.json"] + [f"shards/{s}.tar" for s in per_shard.index]
+    assert listed == sorted(["README.md", "dataset.json"] + [f"shards/{s}.tar" for s in per_shard.index]
                             + [f"manifest/{s}.parquet" for s in per_shard.index]), listed
     with store.open_input_stream(posixpath.join(root, "dataset.json")) as f:
         info = json.loads(f.read())
