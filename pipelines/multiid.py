@@ -197,7 +197,7 @@ def record_split(out: str, held: set[int]) -> None:
     splits = manifest.column("split").to_pylist() if manifest is not None else []
     info = d.read_info() or {}
     info["bench_split"] = dict(leakage_check(splits, lists, held), held_out=sorted(held))
-    d.write_info(info)
+    d.write_info(info, SCHEMA)
     if not info["bench_split"]["ok"]:
         raise RuntimeError(f"identity leak between train and bench: {info['bench_split']['overlap']}")
 

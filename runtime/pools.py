@@ -149,7 +149,8 @@ def auto_split(plan, gpus: float, costs: dict[str, Cost]) -> dict[str, Pool]:
         # grounding at 1.08x its planner), while a GPU left over does nothing at all.
         smallest.update({n: u for n, (k, u) in best.items()})
         while lo < top:
-            frozen.update({n: c for n, c in best.items() if n not in frozen and cuts(hi)[n] != c})
+            above = cuts(hi)
+            frozen.update({n: c for n, c in best.items() if n not in frozen and above[n] != c})
             if len(frozen) == len(per_sample):
                 break
             if fits(top):

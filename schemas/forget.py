@@ -49,6 +49,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from schemas.contract import to_jsonable
+from schemas.registry import get_schema
 from schemas.runs import dataset_counts
 from schemas.store import DatasetDir, dataset_uri, read_json
 from schemas.tars import archive_end, padded, write_member
@@ -595,7 +596,7 @@ def _record_takedown(d: DatasetDir, record: dict, ids: set[int]) -> None:
     split = info.get("bench_split")
     if d.dataset == GROUPS and isinstance(split, dict):
         info["bench_split"] = _bench_split_without(d, split, ids)
-    d.write_info(info)
+    d.write_info(info, get_schema(d.dataset))
 
 
 def _bench_split_without(d: DatasetDir, split: dict, ids: set[int]) -> dict:

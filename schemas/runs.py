@@ -54,10 +54,10 @@ def record_run(out: DatasetDir, schema: DatasetSchema, run_id: str, started: flo
         "packages": package_versions(),
         "counts": dataset_counts(out),
         # every member file name a sample has had (a family's mask_0, mask_1, ...): the card's features
-        "members": sorted(set(previous.get("members") or []).union(*(r.get("members", []) for r in returns))),
+        "members": sorted(set(previous.get("members") or []).union(*(r["members"] for r in returns))),
         "runs": runs,
     }
-    out.write_info(info)
+    out.write_info(info, schema)
     return info
 
 

@@ -195,15 +195,13 @@ class DatasetDir:
         self.fs.move(tmp, final)
         _fsync(posixpath.dirname(final))
 
-    def write_info(self, info: dict) -> None:
-        """dataset.json, then the dataset card (README.md) made from it."""
+    def write_info(self, info: dict, schema) -> None:
+        """dataset.json, then the dataset card (README.md) made from it (schema: the dataset's
+        DatasetSchema)."""
         from schemas.card import card_text
-        from schemas.registry import SCHEMAS
 
         self.write_bytes_atomic(self.sub("dataset.json"), json.dumps(info, indent=2).encode())
-        schema = SCHEMAS.get(info.get("dataset") or self.dataset)
-        if schema is not None:
-            self.write_bytes_atomic(self.sub("README.md"), card_text(schema, info).encode())
+        self.write_bytes_atomic(self.sub("README.md"), card_text(schema, info).encode())
 
     def write_bytes_atomic(self, final: str, data: bytes) -> None:
         tmp = self.tmp_path(final)

@@ -2,14 +2,12 @@
 shards with `datasets`, its counts follow every run."""
 import glob
 
+import datasets
 import numpy as np
-import pytest
 
 from schemas import load_manifest
 from schemas.dip import SCHEMA
 from tests.helpers import synthetic_rows, write_rows
-
-datasets = pytest.importorskip("datasets")
 
 
 def card_of(out):
