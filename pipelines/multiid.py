@@ -51,6 +51,10 @@ WORKERS = {"face_analysis": FaceAnalysis, "vlm": VLM, "text_detection": TextDete
 
 
 def source(cfg: MultiIDConfig, plan: Plan, out: str | None = None):
+    return dataset_of(source_rows(cfg, plan, out))
+
+
+def source_rows(cfg: MultiIDConfig, plan: Plan, out: str | None = None) -> list[dict]:
     """The single-person photos (the bank plan) or the group photos, keyed by path (and identity),
     without what a takedown forgot (given `out`)."""
     rows = mid.list_photos(cfg.singles, with_identity=True) if plan.schema is REFS_SCHEMA else \
@@ -65,7 +69,7 @@ def source(cfg: MultiIDConfig, plan: Plan, out: str | None = None):
         if len(kept) < len(rows):
             print(f"{plan.name}: {len(rows) - len(kept)} inputs of forgotten identities skipped (bank/tombstones.parquet)")
         rows = kept
-    return dataset_of(rows)
+    return rows
 
 
 def load_args(cfg: MultiIDConfig) -> dict:

@@ -48,6 +48,9 @@ class ModelSpec(Strict):
     # last pools never start and the run waits forever.
     num_cpus: float = 1.0
     retries: int = Field(3, description="attempts after the first on an infrastructure error (CUDA OOM, a timeout)")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each actor holds: {gpu_node: 1} places the pool "
+                                          "on the nodes started with --resources='{\"gpu_node\": N}'")
 
 
 class PipelineConfig(Strict):

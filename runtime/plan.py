@@ -265,6 +265,11 @@ class Plan:
             raise PlanError(f"{short}; pools: auto cannot fit them (raise ray CPUs or lower num_cpus)")
         if short:  # an autoscaler may add nodes; without one the run waits forever
             log(f"warning: {short}: the run waits until the cluster grows")
+        for s in self.steps:
+            for res, amount in (s.spec.resources.items() if s.kind == "model" else ()):
+                if cluster.get(res, 0.0) < amount * s.spec.concurrency - 1e-9:
+                    log(f"warning: {self.name}: {s.name} needs {amount * s.spec.concurrency:g} {res}, the cluster has "
+                        f"{cluster.get(res, 0.0):g}: its actors wait until a node offers it")
         keep = SchemaColumns.of(self.schema)
         refs = {k: ray.put(v) for k, v in values.items()}
         self.gathered, self.barriers = {}, {}
@@ -370,6 +375,7 @@ def kind_of(s: Step) -> str:
     if s.kind == "model":
         spec = s.spec
         gpus = f", {spec.num_gpus:g} GPU" if spec.num_gpus else ""
+        gpus += "".join(f", {v:g} {k}" for k, v in spec.resources.items())
         return (f"model {s.role}: {s.cls.__name__} x{spec.concurrency} actor(s), {spec.num_cpus:g} CPU{gpus}, "
                 f"batch {spec.batch_size}, {spec.model}")
     return {"cpu": "cpu: row function, tasks", "batch": "cpu: batch function, tasks",
@@ -403,7 +409,7 @@ def pool_args(spec, **kwargs) -> dict:
     every GPU actor starts at once (Ray Data otherwise adds GPU actors one at a time)."""
     import ray
 
-    return {
+    args = {
         "fn_constructor_kwargs": {"model": spec.model, "dtype": spec.dtype, "retries": spec.retries, **kwargs},
         "batch_size": spec.batch_size,
         "num_gpus": spec.num_gpus or None,
@@ -411,6 +417,9 @@ def pool_args(spec, **kwargs) -> dict:
         "compute": ray.data.ActorPoolStrategy(size=spec.concurrency),
         "zero_copy_batch": True,
     }
+    if spec.resources:
+        args["resources"] = dict(spec.resources)
+    return args
 
 
 def live_rows(ds, columns: Iterable[str]) -> list[dict]:

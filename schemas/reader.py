@@ -6,15 +6,23 @@
         s["win"]  # uint8 HxWx3;  s["mask"] bool HxW;  s["complexity"] float16;  s["json"] dict
 
 `read_samples` returns a webdataset DataPipeline (a torch IterableDataset): shards are split by rank
-(torch.distributed) and by DataLoader worker, optionally resampled forever, and samples shuffled in
-a buffer. Paths may be local or any pyarrow / fsspec URI.
+(torch.distributed, or RANK / WORLD_SIZE) and by DataLoader worker, optionally resampled forever, and
+samples shuffled in a buffer. Paths may be local or any pyarrow / fsspec URI.
+
+One epoch over all ranks and workers reads every sample once: rank r takes every world-th shard of
+the list (shuffled alike on every rank by seed and epoch), each DataLoader worker every
+num_workers-th of those. A dataset of fewer shards than ranks is split by key instead (every rank
+opens every shard and keeps the keys that hash to it), so no rank is left without samples.
 """
 from __future__ import annotations
 
 import glob as globlib
+import hashlib
 import posixpath
+import random
 import re
 from functools import partial
+from itertools import islice
 
 import pandas as pd
 import pyarrow.fs as pafs
@@ -92,11 +100,15 @@ def decode_sample(raw: dict, schema: DatasetSchema, decode: bool = True) -> dict
 
 
 def read_samples(source, *, dataset: str | None = None, manifest: pd.DataFrame | None = None,
-                 shuffle: int = 0, resampled: bool = False, seed: int = 0, decode: bool = True,
-                 split_by_node: bool = True, split_by_worker: bool = True,
-                 filesystem: pafs.FileSystem | None = None) -> wds.DataPipeline:
+                 shuffle: int = 0, resampled: bool = False, seed: int = 0, epoch: int = 0, decode: bool = True,
+                 split_by_node: bool = True, split_by_worker: bool = True, rank: int | None = None,
+                 world: int | None = None, filesystem: pafs.FileSystem | None = None) -> wds.DataPipeline:
     """Iterate decoded samples. `manifest`: a (filtered) manifest DataFrame; only its keys are read
-    and shards holding none of them are never opened. `decode=False` keeps images as their bytes."""
+    and shards holding none of them are never opened. `decode=False` keeps images as their bytes.
+    `epoch` (with the same `seed` on every rank) reorders the shards before they are split, so
+    each epoch gives a rank other shards. `rank` / `world`: this reader's part, by default
+    torch.distributed's (or RANK / WORLD_SIZE), taken here and not in the DataLoader's workers,
+    where a spawned worker has no process group."""
     fs, shards = resolve_shards(source, filesystem)
     keys = None
     if manifest is not None:
@@ -106,18 +118,35 @@ def read_samples(source, *, dataset: str | None = None, manifest: pd.DataFrame |
     if not shards:
         raise ValueError(f"no shards found in {source!r}")
     schema = get_schema(dataset) if dataset else schema_of(shards[0])
+    if epoch and not resampled:
+        shards = random.Random(f"{seed}/{epoch}").sample(shards, len(shards))
+    if rank is None or world is None:
+        rank, world = wds.utils.pytorch_worker_info()[:2]
+    by_node = split_by_node and not resampled and world > 1
+    by_key = by_node and len(shards) < world
     stages = [wds.ResampledShards(shards, seed=seed, deterministic=True) if resampled else wds.SimpleShardList(shards)]
-    if split_by_node and not resampled:
-        stages.append(wds.split_by_node)
+    if by_node and not by_key:
+        stages.append(partial(_every_nth, start=rank, step=world))
     if split_by_worker and not resampled:
         stages.append(wds.split_by_worker)
     stages += [partial(_open_shards, fs=fs), wds.tariterators.tar_file_expander, wds.tariterators.group_by_keys]
+    if by_key:
+        stages.append(wds.select(partial(_key_of_rank, rank=rank, world=world)))
     if keys is not None:
         stages.append(wds.select(partial(_has_key, keys=keys)))
     if shuffle:
         stages.append(wds.shuffle(shuffle, seed=seed))
     stages.append(partial(_decode_all, schema=schema, decode=decode))
     return wds.DataPipeline(*stages)
+
+
+def _every_nth(items, start: int, step: int):
+    yield from islice(items, start, None, step)
+
+
+def _key_of_rank(sample: dict, rank: int, world: int) -> bool:
+    digest = hashlib.blake2b(sample["__key__"].encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % world == rank
 
 
 def _decode_all(samples, schema, decode):

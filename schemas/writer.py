@@ -150,7 +150,8 @@ class ShardDatasink(Datasink):
         """One write task: its rows' shards and rejects. A retry of the task (its process died) has
         the same rows and task index, so it writes the same shard names with the same samples and
         the same reject file: what the first attempt committed is overwritten with itself, what it
-        left half-written stays under a hidden temporary name (removed by the next run)."""
+        left half-written stays under a hidden temporary name (removed once every task is done, or by
+        the next run)."""
         task = ctx.task_idx
         stats = {"samples": 0, "shards": [], "bytes": 0, "members": set(), "rejects": Counter(), "stage_rows": Counter(),
                  "stage_seconds": defaultdict(float)}
@@ -270,6 +271,9 @@ class ShardDatasink(Datasink):
 
     # ------------------------------------------------------------------------------------------
     def on_write_complete(self, write_result) -> None:
+        # every write task has finished: what a task killed mid-shard (its node lost) left under a
+        # temporary name is garbage now, not only for the next run
+        self.removed += self.out.remove_uncommitted()
         self.summary = self.write_info([r for r in write_result.write_returns if r])
 
     def write_info(self, returns: list[dict]) -> dict:

@@ -31,6 +31,11 @@ def test_python_blocks_run_on_demo_output(dip_photos):
                              env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
     assert f"{info['counts']['samples']} samples in" in run.stdout and "time_segment" in run.stdout
+    # the demo's output folder has its dataset card, with the count the run wrote
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(str(Path(out) / "dip" / "README.md"))
+    assert card.data.license and f"- samples: {info['counts']['samples']}" in card.text
 
 
 def test_demo_runs_dip_photos_with_shared_and_tiny_generation_without():

@@ -239,12 +239,15 @@ def negative_pool(multiid_dir: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def examples(dataset_dir: str, size: int, *, manifest_query: str | None = None, split: str | None = "train",
-             shuffle: int = 0, seed: int = 0, resampled: bool = True, skipped: Counter | None = None,
+             shuffle: int = 0, seed: int = 0, epochs: int | None = None, skipped: Counter | None = None,
              selected: dict | None = None, reference_cache: int = 512, prompts_only: bool = False):
-    """Endless (resampled) stream of examples from one dataset directory, over the rows `select`
-    picks; `manifest_query` is a pandas query on its manifest (e.g. "category == 'animal'",
-    "rating >= 4"). `selected` is filled with select's record of what was read. `prompts_only`:
-    ReFL's prompt and reference (RL_REFERENCE), no target."""
+    """Examples from one dataset directory, over the rows `select` picks, epoch after epoch (None:
+    endless); `manifest_query` is a pandas query on its manifest (e.g. "category == 'animal'",
+    "rating >= 4"). Under torch.distributed each rank reads its own part of every epoch (the
+    reader splits shards by rank; `seed` must be the same on every rank), so no sample is seen
+    twice in an epoch and an endless stream never runs dry on one rank. `selected` is filled
+    with select's record of what was read. `prompts_only`: ReFL's prompt and reference
+    (RL_REFERENCE), no target."""
     dataset = posixpath.basename(dataset_dir.rstrip("/"))
     if prompts_only and dataset not in RL_REFERENCE:
         raise ValueError(f"prompts and references come from {sorted(RL_REFERENCE)}, not {dataset}")
@@ -259,16 +262,23 @@ def examples(dataset_dir: str, size: int, *, manifest_query: str | None = None, 
                                          cache_size=reference_cache)
     skipped = Counter() if skipped is None else skipped
     schema = get_schema(dataset)
-    for raw in read_samples(dataset_dir, dataset=dataset, manifest=manifest, shuffle=shuffle, seed=seed,
-                            resampled=resampled, decode=False):
-        try:
-            s = {k: decode_member(schema.member_for(k), v) if isinstance(v, bytes) else v for k, v in raw.items()
-                 if wanted is None or k in wanted or not isinstance(v, bytes)}
-            yield make(s, size, **extra)
-        except (BadSample, KeyError, ValueError, TypeError, OSError) as e:  # OSError: PIL on a corrupt member
-            reason = e.reason if isinstance(e, BadSample) else type(e).__name__
-            skipped[reason] += 1
-            log.warning("skipped sample %s (%s): %s", raw.get("key"), reason, e)
+    epoch = 0
+    while epochs is None or epoch < epochs:
+        made = 0
+        for raw in read_samples(dataset_dir, dataset=dataset, manifest=manifest, shuffle=shuffle, seed=seed,
+                                epoch=epoch, decode=False):
+            try:
+                s = {k: decode_member(schema.member_for(k), v) if isinstance(v, bytes) else v for k, v in raw.items()
+                     if wanted is None or k in wanted or not isinstance(v, bytes)}
+                made += 1
+                yield make(s, size, **extra)
+            except (BadSample, KeyError, ValueError, TypeError, OSError) as e:  # OSError: PIL on a corrupt member
+                reason = e.reason if isinstance(e, BadSample) else type(e).__name__
+                skipped[reason] += 1
+                log.warning("skipped sample %s (%s): %s", raw.get("key"), reason, e)
+        if not made and epochs is None:  # endless over nothing would spin forever
+            raise ValueError(f"{dataset_dir}: an epoch gave this rank no usable example ({dict(skipped)})")
+        epoch += 1
 
 
 def collate(items: list[dict]) -> dict:

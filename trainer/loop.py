@@ -2,8 +2,8 @@
 clipping, bf16 autocast on GPU, a JSONL metrics log and peft LoRA checkpoints.
 
 `train(cfg, out)` runs in one process; with `workers > 1` pipelines/train.py hands the same
-function to Ray Train's TorchTrainer (one worker per GPU, DDP over the LoRA weights, shards split
-by rank through the reader's seed).
+function to Ray Train's TorchTrainer (one worker per GPU, DDP over the LoRA weights, each rank
+reading its own shards of every epoch: schemas/reader.py).
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ OBJECTIVES = {"sft": ("uper", "multiid"), "dpo": ("dip", "iapo"), "focus_dpo": (
               "id": ("multiid",), "refl": ("uper", "dip")}  # refl: prompts and references only (Alg. 1's D_RL)
 
 
-def batches(cfg: TrainConfig, rank: int = 0, skipped: Counter | None = None, selected: dict | None = None):
+def batches(cfg: TrainConfig, skipped: Counter | None = None, selected: dict | None = None):
     stream = examples(cfg.data, cfg.resolution, manifest_query=cfg.manifest_query, split=cfg.split,
-                      shuffle=64 if not cfg.overfit else 0, seed=cfg.seed + rank, skipped=skipped, selected=selected,
+                      shuffle=64 if not cfg.overfit else 0, seed=cfg.seed, skipped=skipped, selected=selected,
                       reference_cache=cfg.reference_cache, prompts_only=cfg.objective == "refl")
     while True:
         items = [next(stream) for _ in range(cfg.batch_size)]
@@ -203,7 +203,7 @@ def fit(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1) -> tuple[Subj
     params = model.lora_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     skipped, selected = Counter(), {}
-    stream = batches(cfg, rank, skipped, selected)
+    stream = batches(cfg, skipped, selected)
     fixed = next(stream)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

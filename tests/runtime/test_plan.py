@@ -246,3 +246,26 @@ def test_multiid_barriers_hold_no_image():
         wide = {s.name: s.batch_size for s in p.steps if s.kind in ("cpu", "batch") and "image" in p.columns_at(s.name)
                 and s.batch_size > CPU_BATCH_SIZE}
         assert not wide, f"{p.name}: {wide} batch more than {CPU_BATCH_SIZE} decoded photos"
+
+
+def test_a_role_s_custom_resources_place_its_pool_and_a_missing_one_is_named(ray_local):
+    """`<role>.resources` reaches map_batches (Ray places the actors on nodes that offer it); a
+    resource the cluster lacks is named before anything runs, as the actors would wait for it."""
+    from pipelines import dip
+    from runtime.plan import pool_args
+
+    cfg = load_config(DIPConfig, ROOT / "configs/dip.tiny.yaml", ["vlm.resources={gpu_node: 0.5}"])
+    assert pool_args(cfg.vlm, stage="s")["resources"] == {"gpu_node": 0.5}
+    assert "resources" not in pool_args(cfg.grounding, stage="s")
+    (plan,) = dip.plans(cfg)
+    assert "0.5 gpu_node" in plan.describe()
+
+    class Named(Exception):
+        pass
+
+    def log(line):
+        if "gpu_node" in line:
+            raise Named(line)  # stop before the DAG is built: a gather would run it
+
+    with pytest.raises(Named, match=r"needs 0.5 gpu_node, the cluster has 0: its actors wait until a node offers it"):
+        plan.apply(ray_local.data.from_items([{"key": "k"}]), "/nonexistent-out", values={}, log=log)

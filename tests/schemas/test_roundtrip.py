@@ -86,6 +86,29 @@ def test_reader_splits_by_worker_and_resamples(ray_local, tmp_path):
     endless = iter(read_samples(out, resampled=True, seed=1))
     assert len([next(endless)["key"] for _ in range(40)]) == 40  # resampling never runs dry
 
+    # 3 ranks x 2 spawned workers: the rank is taken when the reader is built, as a spawned worker
+    # has no process group; every epoch reads each key once over all of them, other shards per rank
+    def epoch(n: int, shards: list[str], world: int = 3) -> dict[int, list[str]]:
+        return {r: [s["key"] for s in torch.utils.data.DataLoader(
+            read_samples(shards, epoch=n, seed=7, rank=r, world=world), num_workers=2, batch_size=None,
+            multiprocessing_context="spawn")] for r in range(world)}
+
+    shards = sorted(str(p) for p in (tmp_path / "uper" / "shards").glob("*.tar"))
+    first, second = epoch(0, shards), epoch(1, shards)
+    for e in (first, second):
+        assert sorted(k for keys in e.values() for k in keys) == sorted(r["key"] for r in rows)
+        assert all(len(keys) == 4 for keys in e.values())  # 2 shards of 2 per rank
+    assert any(set(first[r]) != set(second[r]) for r in first)  # the shard order is the epoch's
+    # fewer shards than ranks: split by key, every rank reads something, still each key once
+    few = epoch(0, shards[:2], world=3)
+    got = [k for keys in few.values() for k in keys]
+    assert len(got) == len(set(got)) == 4 and set(got) == {k for r in range(2) for k in keys_of(shards[r])}
+    assert sum(bool(keys) for keys in few.values()) >= 2
+
+
+def keys_of(shard: str) -> list[str]:
+    return [s["key"] for s in read_samples(shard, split_by_node=False)]
+
 
 def test_bad_member_becomes_reject_and_job_completes(ray_local, tmp_path):
     rows = synthetic_rows("dip", 6)

@@ -50,9 +50,12 @@ def test_a_write_task_that_dies_is_retried_with_exactly_its_samples(ray_local, t
     assert len(load_rejects(str(tmp_path / "dip"))) == 0
     report = validate(str(tmp_path / "dip"))
     assert report.ok and report.samples == 40
-    # the dead attempt's half tar is a hidden temporary: no reader sees it, the next run removes it
-    leftovers = [p.name for p in (tmp_path / "dip/shards").iterdir() if p.name.startswith("_tmp-")]
-    assert leftovers and DatasetDir.open(str(tmp_path / "dip")).remove_uncommitted()
+    # the dead attempt's half tar was a hidden temporary no reader sees; once every task is done
+    # the datasink removes it, and the run's record says so
+    removed = sink.summary["runs"][-1]["removed_uncommitted"]
+    assert len(removed) == 1 and "/shards/_tmp-" in removed[0] and removed[0].endswith(".tar")
+    assert not [p for p in (tmp_path / "dip").rglob("_tmp-*")]
+    assert DatasetDir.open(str(tmp_path / "dip")).remove_uncommitted() == []
     assert sink.summary["runs"][-1]["samples_written"] == 40
 
 
