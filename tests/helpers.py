@@ -1,5 +1,5 @@
 """Shared test helpers: write synthetic rows through the real datasink; wait for and kill a run
-started as a subprocess."""
+started as a subprocess; check that every input key has exactly one outcome."""
 from __future__ import annotations
 
 import os
@@ -107,3 +107,13 @@ def kill_group(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     time.sleep(1)  # let any orphan of the group die before the state is inspected
+
+
+def assert_every_key_once(out: str, keys: set[str]) -> None:
+    """Every input key exactly once, as a sample in a manifest or as a reject, and nothing else."""
+    from schemas import load_manifest, load_rejects
+
+    manifest, rejects = load_manifest(out), load_rejects(out)
+    assert manifest["key"].is_unique and rejects["key"].is_unique
+    assert not set(manifest["key"]) & set(rejects["key"])
+    assert set(manifest["key"]) | set(rejects["key"]) == keys

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, assets_or_skip, tiny_config
+from tests.helpers import assert_every_key_once
 from tests.s3server import ALL_ACTIONS, SeaweedS3, find_weed
 
 pytestmark = pytest.mark.slow
@@ -66,16 +67,6 @@ class Node:
             return [root] + root.children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-
-    def runs(self, prefix: str) -> bool:
-        """A process of this node whose command line starts with prefix (`ray::MapWorker`)."""
-        for p in self.processes():
-            try:
-                if " ".join(p.cmdline()).startswith(prefix):
-                    return True
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        return False
 
     def kill(self) -> int:
         """The machine lost: SIGKILL to every process of the node at once (raylet, object store,
@@ -118,10 +109,8 @@ README_PORTS = dict(gcs="$GCS_PORT", dashboard="$DASHBOARD_PORT", agent="$AGENT_
 class Cluster:
     def __init__(self, tmp: Path, env: dict, s3: SeaweedS3):
         self.tmp, self.env, self.s3 = tmp, env, s3
-        self.gcs, dashboard = free_port(), free_port()
-        self.address = f"http://127.0.0.1:{dashboard}"
-        # the head: drivers, CPU stages, the run's bookkeeping; no GPUs
-        ports = dict(gcs=self.gcs, dashboard=dashboard, agent=free_port(), metrics=free_port(), tmp=tmp)
+        ports = dict(gcs=free_port(), dashboard=free_port(), agent=free_port(), metrics=free_port(), tmp=tmp)
+        self.address = f"http://127.0.0.1:{ports['dashboard']}"
         self.head = Node(shlex.split(HEAD.format(**ports)), env)
         self.gpu_node = Node(shlex.split(GPU_NODE.format(**ports)), env)
 
@@ -129,11 +118,7 @@ class Cluster:
         return subprocess.run([str(BIN / "ray"), *args], env=self.env, capture_output=True, text=True, check=check)
 
     def alive_nodes(self) -> int:
-        out = self.ray("list", "nodes", "--address", self.address, "--filter", "state=ALIVE", "--format", "json")
-        try:
-            return len(json.loads(out.stdout)) if out.returncode == 0 else 0
-        except ValueError:
-            return 0
+        return len(self.listed("nodes", "state=ALIVE"))
 
     def wait_nodes(self, n: int, limit_s: float = 120) -> None:
         deadline = time.time() + limit_s
@@ -266,19 +251,11 @@ def assert_committed_only(c: Cluster, prefix: str) -> None:
     """In the bucket: committed shards and their manifests, rejects, the card and dataset.json;
     no temporary object, no tar without a manifest, no lease left."""
     listed = objects(c, prefix)
+    assert "README.md" in listed and "dataset.json" in listed, listed  # the dataset card
     tars = {p[len("shards/"):-len(".tar")] for p in listed if p.startswith("shards/")}
     manifests = {p[len("manifest/"):-len(".parquet")] for p in listed if p.startswith("manifest/")}
     assert tars == manifests and tars, listed
     assert not [p for p in listed if "_tmp-" in p or p.endswith("_lease.json")], listed
-
-
-def assert_every_key_once(uri: str, keys: set[str]) -> None:
-    from schemas import load_manifest, load_rejects
-
-    manifest, rejects = load_manifest(uri), load_rejects(uri)
-    assert manifest["key"].is_unique and rejects["key"].is_unique
-    assert not set(manifest["key"]) & set(rejects["key"])
-    assert set(manifest["key"]) | set(rejects["key"]) == keys
 
 
 DIP_SMALL = dict(n_single=6, n_multi=2, write={"target_shard_samples": 2})
@@ -287,7 +264,7 @@ DIP_SMALL = dict(n_single=6, n_multi=2, write={"target_shard_samples": 2})
 @pytest.fixture(scope="module")
 def pipelines(cluster, tmp_path_factory):
     """Every pipeline submitted to the cluster, writing to s3://datasets/<name>: {name: (state, logs)}."""
-    assets = assets_or_skip()
+    assets_or_skip()  # MultiID, UPER and IAPO read ../shared/assets
     tmp = tmp_path_factory.mktemp("profiles")
     jobs = {
         "dip": profile("dip", tmp / "dip", **DIP_SMALL),
@@ -302,7 +279,6 @@ def pipelines(cluster, tmp_path_factory):
                               "--out", f"s3://{BUCKET}/{name}") for name, config in jobs.items()}
     finally:
         SENTINEL.unlink()
-    assert assets.is_dir()
     return done, jobs
 
 
@@ -310,6 +286,7 @@ def test_every_pipeline_on_two_nodes_to_s3(cluster, pipelines):
     from schemas import load_manifest
 
     done, jobs = pipelines
+    manifests = {}
     for name, (state_, logs) in done.items():
         assert state_ == "SUCCEEDED", f"{name}: {state_}\n{logs[-3000:]}"
         for d in (["multiid", "multiid_refs"] if name == "multiid" else [name]):
@@ -320,7 +297,7 @@ def test_every_pipeline_on_two_nodes_to_s3(cluster, pipelines):
             assert int(re.search(r": (\d+) samples in", said).group(1)) == len(manifest), said
             assert manifest.sort_values("key")["key"].tolist() == load_manifest(uri).sort_values("key")["key"].tolist()
             assert_committed_only(cluster, f"{BUCKET}/{name}/{d}")
-            assert "README.md" in objects(cluster, f"{BUCKET}/{name}/{d}")  # the dataset card
+            manifests[d] = manifest
         info = json.loads(cluster.s3.filesystem("admin").open_input_stream(
             f"{BUCKET}/{name}/{name}/dataset.json").read())
         assert info["runs"][-1]["stages"], name
@@ -340,7 +317,7 @@ def test_every_pipeline_on_two_nodes_to_s3(cluster, pipelines):
     for plan in multiid.plans(cfg):
         assert_every_key_once(f"s3://{BUCKET}/multiid/{plan.schema.name}",
                               {r["key"] for r in multiid.source_rows(cfg, plan)})
-    assert pd.read_parquet(f"s3://{BUCKET}/dip/dip/manifest")["shard"].nunique() >= 3
+    assert manifests["dip"]["shard"].nunique() >= 3
     workers = [a for a in cluster.listed("actors") if a.get("class_name", "").startswith("MapWorker")]
     assert workers and {a["node_id"] for a in workers} <= cluster.gpu_node_ids(), {a["node_id"] for a in workers}
     # the upload carried the project, not the git history, virtualenv, outputs or caches (.rayignore)

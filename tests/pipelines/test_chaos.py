@@ -14,8 +14,9 @@ import psutil
 import pytest
 
 from runtime.config import load_config
-from schemas import load_manifest, load_rejects, validate
+from schemas import validate
 from tests.conftest import ROOT, tiny_config
+from tests.helpers import assert_every_key_once
 
 # the processes a chaos monkey may kill: Ray Data's workers. The run's own bookkeeping actor
 # (ShardRegistry) lives and dies with the driver, as Ray's own daemons do.
@@ -70,11 +71,8 @@ def run_under_chaos(cmd: list[str], seed: int) -> list[str]:
     return monkey.killed
 
 
-def assert_every_key_once(out: str, keys: set[str]):
-    manifest, rejects = load_manifest(out), load_rejects(out)
-    assert manifest["key"].is_unique and rejects["key"].is_unique
-    assert not set(manifest["key"]) & set(rejects["key"])
-    assert set(manifest["key"]) | set(rejects["key"]) == keys
+def assert_complete(out: str, keys: set[str]):
+    assert_every_key_once(out, keys)
     report = validate(out)
     assert report.ok, str(report)
 
@@ -93,14 +91,14 @@ def test_chaos_synthetic_and_dip(seed, tmp_path):
     killed = run_under_chaos([sys.executable, "pipelines/synthetic.py", *syn], seed)
     cfg = load_config(SyntheticConfig, ROOT / "configs/synthetic.tiny.yaml", [a for a in syn[5:] if "=" in a])
     synthetic_keys = {sample_key({"index": i}, cfg.output_fields()) for i in range(cfg.samples)}
-    assert_every_key_once(str(tmp_path / "syn/dip"), synthetic_keys)
+    assert_complete(str(tmp_path / "syn/dip"), synthetic_keys)
 
     # DIP on the tiny models: 8 pools of actors, shards of 2
     config = tiny_config("dip", tmp_path, n_single=8, n_multi=4, seed=seed, write={"target_shard_samples": 2})
     args = ["--config", str(config), "--out", str(tmp_path / "dip")]
     killed += run_under_chaos([sys.executable, "pipelines/dip.py", *args], seed)
     keys = {r["key"] for r in dip.source_rows(load_config(DIPConfig, config))}
-    assert_every_key_once(str(tmp_path / "dip/dip"), keys)
+    assert_complete(str(tmp_path / "dip/dip"), keys)
     assert any("MapWorker" in k for k in killed) and len(killed) >= KILLS, killed
 
     # a rerun finds every key decided: no new sample, no new reject; it removes what a killed
@@ -112,4 +110,4 @@ def test_chaos_synthetic_and_dip(seed, tmp_path):
         assert rerun.returncode == 0 and "0 samples in 0 new shards" in rerun.stdout, rerun.stdout[-2000:]
         assert sorted(p.name for p in (tmp_path / out).rglob("*.parquet")) == before
         assert not list((tmp_path / out).rglob("_tmp-*"))
-        assert_every_key_once(str(tmp_path / out), expected)
+        assert_complete(str(tmp_path / out), expected)
