@@ -9,7 +9,7 @@ ratio would measure the queue, not what the pipeline holds.
     python benchmarks/multiid.py --scale [--groups 30] [--identities 8] [--side 1024] [--json out.json]
 
 The stand-in is the simulated face analysis (workers/simulated.py, at time scale 0): the generated
-photos (benchmarks/sim_inputs.py) carry their faces' identities in flat cells of the top row (JPEG
+photos (pipelines/multiid.py: simulated_photos) carry their faces' identities in flat cells of the top row (JPEG
 keeps a flat cell's level), and it returns one face per coded identity with a unit embedding at
 cosine 0.8 to that identity's center (or a stranger's random embedding). Photos are real size
 (--side, 4:3), smooth gradients with noise, so decoding, OCR, the aesthetic model, captions and
@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.sim_inputs import multiid_photos  # noqa: E402
-from runtime.costs import DEFAULT_COSTS  # noqa: E402
+from pipelines.multiid import simulated_photos  # noqa: E402
+from runtime.costs import load_costs  # noqa: E402
 from workers.face_analysis import FaceAnalysis  # noqa: E402
 from workers.simulated import simulated  # noqa: E402
 
@@ -41,7 +41,7 @@ MB = 1 << 20
 
 def make_inputs(root: Path, n_groups: int, identities: int, per_identity: int, side: int, seed: int) -> None:
     """root/singles (a folder per identity) and root/groups, strangers among the group faces."""
-    multiid_photos(root, n_groups, identities, per_identity, side, np.random.default_rng(seed), strangers=True)
+    simulated_photos(root, n_groups, identities, per_identity, side, np.random.default_rng(seed), strangers=True)
 
 
 class Sampler(threading.Thread):
@@ -82,7 +82,7 @@ def one_run(work: Path, config: str, out: Path, budget_mb: int) -> dict:
     overrides = [f"singles={work / 'singles'}", f"groups={work / 'groups'}", "holdout_count=2", "min_side_px=256",
                  f"ray.data_object_store_bytes={budget_mb << 20}"]
     multiid.main(["--config", config, "--out", str(out)] + [a for o in overrides for a in ("--set", o)],
-                 workers={"face_analysis": simulated(FaceAnalysis, DEFAULT_COSTS, time_scale=0)})
+                 workers={"face_analysis": simulated(FaceAnalysis, load_costs(), time_scale=0)})
     seconds = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()

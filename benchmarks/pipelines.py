@@ -4,7 +4,7 @@ steps as a bare loop, in one run.
     python benchmarks/pipelines.py dip [--config configs/dip.tiny.yaml] [--set n_single=40 ...] [--json out.json]
     python benchmarks/pipelines.py uper
 
-Both sides run pipelines.<name>.plan(cfg) on the same source rows: the pipeline through Plan.apply and
+Both sides run the dataset's plan (its spec's) on the same source rows: the pipeline through Ray Data and
 the writer (embedded Ray, the config's CPUs and actor pools), the bare loop in this process, one
 step after another over batches of the step's batch size, each worker constructed once. The bare
 time is the sum of the worker loops (model calls only, loads excluded) plus the CPU steps; the
@@ -22,30 +22,32 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import importlib  # noqa: E402
-
-from runtime.rows import is_rejected  # noqa: E402
 from runtime.config import load_config  # noqa: E402
 from runtime.driver import start_ray, write  # noqa: E402
-from configs import PIPELINE_CONFIGS  # noqa: E402
-from builders import ensure_for  # noqa: E402
+from runtime.execute import local, on_ray  # noqa: E402
+from runtime.registry import datasets, get_dataset  # noqa: E402
+from runtime.roles import ensure_for  # noqa: E402
+from runtime.rows import is_rejected  # noqa: E402
 
-PIPELINES = ("dip", "uper", "iapo")
+
+def single_plan() -> list[str]:
+    """The datasets of one plan (MultiID's group photos need its bank first: benchmarks/multiid.py)."""
+    return [n for n, s in datasets().items() if len(s.outputs) == 1]
 
 
 def bare(plan, rows: list[dict]) -> dict:
-    """The plan's steps in this process (Plan.run_local): model calls and CPU steps timed, loads not."""
-    seconds, loads = {}, {}
-    rows = plan.run_local(rows, seconds=seconds, loads=loads)
+    """The plan's steps in this process (runtime.execute.local): model calls and CPU steps timed, loads not."""
+    rows, run = local(plan, rows)
     samples = sum(not is_rejected(r) for r in rows)
-    return {"samples": samples, "seconds": sum(seconds.values()), "load_seconds": sum(loads.values()),
-            "model_seconds": sum(t for s, t in seconds.items() if s in loads), "per_step": dict(seconds)}
+    return {"samples": samples, "seconds": sum(run.seconds.values()), "load_seconds": sum(run.loads.values()),
+            "model_seconds": sum(t for s, t in run.seconds.items() if s in run.loads), "per_step": dict(run.seconds)}
 
 
-def pipeline(module, plan, cfg) -> dict:
+def pipeline(spec, plan, cfg) -> dict:
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        info = write(plan.apply(module.source(cfg, plan), out, log=lambda *a: None), out, plan, cfg)
+        ds, _ = on_ray(plan, spec.source(cfg, plan, out), out, log=lambda *a: None)
+        info = write(ds, out, plan, cfg)
         wall = time.perf_counter() - t0
     return {"samples": info["runs"][-1]["samples_written"], "seconds": wall}
 
@@ -56,20 +58,20 @@ def per_hour(samples: int, seconds: float) -> float:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("pipeline", choices=PIPELINES)
-    p.add_argument("--config", help="default: configs/<pipeline>.tiny.yaml")
+    p.add_argument("pipeline", choices=single_plan())
+    p.add_argument("--config", help="default: the dataset's tiny profile")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    config = args.config or str(Path(__file__).resolve().parents[1] / "configs" / f"{args.pipeline}.tiny.yaml")
-    module = importlib.import_module(f"pipelines.{args.pipeline}")
-    cfg = load_config(PIPELINE_CONFIGS[args.pipeline], config, args.set)
+    spec = get_dataset(args.pipeline)
+    config = args.config or spec.profiles["tiny"]
+    cfg = load_config(spec.config, config, args.set)
     ensure_for(cfg)
     start_ray(cfg)
-    plan = module.plan(cfg).check()
-    rows = module.source(cfg, plan).take_all()  # inputs read once, outside both timings
+    (plan,) = [p.check() for p in spec.plans(cfg, None)]
+    rows = spec.source(cfg, plan, None).take_all()  # inputs read once, outside both timings
     b = bare(plan, rows)
-    pl = pipeline(module, plan, cfg)
+    pl = pipeline(spec, plan, cfg)
     result = {
         "name": args.pipeline, "config": config, "inputs": len(rows), "bare": b, "pipeline": pl,
         "bare_per_hour": per_hour(b["samples"], b["seconds"]),

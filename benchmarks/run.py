@@ -163,8 +163,8 @@ def main(argv=None) -> list[dict]:
     only = [n for n in args.only.split(",") if n]
     unknown = set(only) - set(BENCHMARKS)
     names = [n for n in args.pipelines.split(",") if n]
-    if unknown or set(names) - set(pipelines.PIPELINES):
-        p.error(f"unknown: {sorted(unknown | (set(names) - set(pipelines.PIPELINES)))}")
+    if unknown or set(names) - set(pipelines.single_plan()):
+        p.error(f"unknown: {sorted(unknown | (set(names) - set(pipelines.single_plan())))}")
 
     def flags(name: str) -> list[str]:
         base = GPU_DEFAULTS.get(name, DEFAULTS[name]) if args.gpu else DEFAULTS[name]

@@ -5,11 +5,11 @@ movement, backpressure or slow start-up?
     python benchmarks/simulated.py [--pipelines dip,multiid,uper,iapo] [--gpus 8] [--costs table.yaml]
                                    [--time-scale X] [--splits] [--json out.json] [--timeline dir]
 
-Each pipeline runs its configs/<name>.gpu.yaml (`pools: auto`: the split of --gpus GPUs that
+Each pipeline runs its gpu profile (`pools: auto`: the split of --gpus GPUs that
 runtime/pools.py computes from the cost table) in a fresh process, on a local Ray of --gpus
 logical GPUs, with every model role replaced by its simulated accelerator (workers/simulated.py:
 the real worker's resources and columns, a sleep from the cost table, outputs of the real shapes
-and sizes), on synthetic inputs at 1024 px (benchmarks/sim_inputs.py). The CPU stages, the data
+and sizes), on synthetic inputs at 1024 px (its spec's `simulated.inputs`). The CPU stages, the data
 movement, the object store and the writer are the real ones. The simulated clock runs at
 --time-scale (sleeps are cost x scale) so that this machine's 2 cores can do the CPU work of the
 pipeline's rate: an 8-GPU node has 100+ cores, so CPU stages must not be what binds here either,
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import importlib
 import itertools
 import json
 import os
@@ -59,34 +58,26 @@ ROOT = HERE.parent
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != HERE)]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
-from benchmarks.sim_inputs import make_inputs  # noqa: E402
-from configs import PIPELINE_CONFIGS  # noqa: E402
 from runtime.config import load_config  # noqa: E402
 from runtime.costs import load_costs, slower  # noqa: E402
-from runtime.pools import SHARES, bound, packs, segments  # noqa: E402
+from runtime.driver import run as run_pipeline  # noqa: E402
+from runtime.plan import order  # noqa: E402
+from runtime.pools import SHARES, bound, packs, segments, size_pools  # noqa: E402
+from runtime.registry import datasets, get_dataset  # noqa: E402
 from workers.simulated import read_events, simulated_workers  # noqa: E402
 
-PIPELINES = ("dip", "multiid", "uper", "iapo")
-# Inputs and simulated clock per pipeline, sized for 2 CPU cores: the scale keeps the CPU stages
-# under about half the cores at the bound's rate; the inputs give the slowest pool 10+ batches a
-# actor of steady state.
-# IAPO: a row holds two decoded 1024 px images (6 MB), a 16-row batch 96 MB, and Ray Data splits
-# half the object store evenly among the operators: with Ray's default store here (6.5 GB, 30% of
-# 24 GB) its 12 get 135 MB each, one batch, and 7 planner actors ran one task at a time behind
-# 2 GB of queued input. An 8-GPU node's store (Ray's default there: 200 GB) holds them all; 12 GB
-# here lets each pool have its actors' batches in flight.
-RUNS = {"dip": {"n": 160, "time_scale": 0.2}, "multiid": {"n": 300, "time_scale": 2.0},
-        "uper": {"n": 600, "time_scale": 1.0}, "iapo": {"n": 600, "time_scale": 1.0, "object_store_gb": 12}}
+# Inputs and simulated clock per pipeline are its spec's (`simulated`: runtime/registry.py), sized
+# for 2 CPU cores: the scale keeps the CPU stages under about half the cores at the bound's rate;
+# the inputs give the slowest pool 10+ batches an actor of steady state.
 
 
 def plans_for(name: str, overrides: list[str], gpus: float, workers: dict):
-    module = importlib.import_module(f"pipelines.{name}")
-    cfg = load_config(PIPELINE_CONFIGS[name], str(ROOT / "configs" / f"{name}.gpu.yaml"), overrides)
-    plans = [p.check() for p in module.PIPELINE.plans(cfg, workers)]
-    if cfg.pools == "auto":
-        for p in plans:
-            p.size_pools(gpus, log=lambda *a: None)
-    return cfg, plans
+    """(config, plans in order, plan -> step -> the ModelSpec a run on `gpus` GPUs gives it)."""
+    spec = get_dataset(name)
+    cfg = load_config(spec.config, spec.profiles["gpu"], overrides)
+    plans = order(spec.plans(cfg, workers))
+    specs = {p.name: size_pools(p, gpus, log=lambda *a: None) if cfg.pools == "auto" else {} for p in plans}
+    return cfg, plans, specs
 
 
 # -- the zero-overhead schedule ------------------------------------------------------------------
@@ -131,17 +122,17 @@ def one_run(spec: dict) -> dict:
     import ray
 
     costs = load_costs(spec["costs"])
-    module = importlib.import_module(f"pipelines.{spec['pipeline']}")
-    workers = simulated_workers(module.WORKERS, costs, spec["time_scale"], spec["events"])
+    dataset = get_dataset(spec["pipeline"])
+    workers = simulated_workers(costs, spec["time_scale"], spec["events"])
     store = int(spec["object_store_gb"] * 1e9) if spec.get("object_store_gb") else None
     ray.init(num_cpus=spec["cpus"], num_gpus=spec["gpus"], object_store_memory=store, include_dashboard=False,
              log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    argv = ["--config", str(ROOT / "configs" / f"{spec['pipeline']}.gpu.yaml"), "--out", spec["out"]]
+    argv = ["--config", dataset.profiles["gpu"], "--out", spec["out"]]
     for o in spec["overrides"]:
         argv += ["--set", o]
     t0 = time.time()
-    module.main(argv, workers=workers)
+    run_pipeline(dataset, argv, workers=workers)
     if spec.get("timeline"):  # every task's start and end (chrome://tracing): where the seconds went
         ray.timeline(spec["timeline"])
     return {"start": t0, "end": time.time()}
@@ -151,12 +142,13 @@ def run(name: str, args, costs_path: str | None, extra: list[str], work: Path, n
     """One simulated run of `name` on n inputs; its events, commits and bound."""
     events, out = work / "events", work / "out"
     events.mkdir(parents=True, exist_ok=True)
-    overrides = make_inputs(name, work / "inputs", n, side=args.side, seed=args.seed) + [
+    simulated = get_dataset(name).simulated
+    overrides = simulated.inputs(work / "inputs", n, side=args.side, seed=args.seed) + [
         # small shards: the commits' times are a fine-grained timeline
         "write.target_shard_samples=16", "write.target_shard_bytes=100000000000"] + extra
     spec = {"pipeline": name, "overrides": overrides, "events": str(events), "out": str(out), "costs": costs_path,
             "time_scale": scale, "gpus": args.gpus, "cpus": args.cpus,
-            "object_store_gb": args.object_store_gb or RUNS[name].get("object_store_gb"),
+            "object_store_gb": args.object_store_gb or simulated.object_store_gb,
             "timeline": str(Path(args.timeline).resolve() / f"{name}-{work.name}.json") if args.timeline else None}
     proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True,
                           cwd=ROOT)
@@ -165,11 +157,13 @@ def run(name: str, args, costs_path: str | None, extra: list[str], work: Path, n
         raise RuntimeError(f"{name}: the simulated run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     result = json.loads(line[len("RESULT "):])
     costs = load_costs(costs_path)
-    cfg, plans = plans_for(name, overrides, args.gpus, {})
-    return analyse(name, plans, costs, read_events(str(events)), out, scale, result)
+    cfg, plans, specs = plans_for(name, overrides, args.gpus, {})
+    return analyse(name, plans, specs, costs, read_events(str(events)), out, scale, result)
 
 
-def analyse(name: str, plans, costs, events: list[dict], out: Path, scale: float, result: dict) -> dict:
+def analyse(name: str, plans, specs: dict, costs, events: list[dict], out: Path, scale: float, result: dict) -> dict:
+    """`specs`: plan -> step -> the ModelSpec the run gave it (pools: auto)."""
+    pool = lambda plan, s: specs[plan.name].get(s.name, s.spec)  # noqa: E731
     import pandas as pd
 
     loaded = [e for e in events if e["event"] == "loaded"]
@@ -180,7 +174,7 @@ def analyse(name: str, plans, costs, events: list[dict], out: Path, scale: float
             # a step's actors: the first `concurrency` to load after the last segment's work
             # (MultiID's two plans both have a step `faces`)
             mine_l = [e for s in seg for e in sorted((e for e in loaded if e["stage"] == s.name and e["t"] >= cursor),
-                                                     key=lambda e: e["t"])[:s.spec.concurrency]]
+                                                     key=lambda e: e["t"])[:pool(plan, s).concurrency]]
             actors = {(e["stage"], e["actor"]) for e in mine_l}
             mine_b = [e for e in batches if (e["stage"], e["actor"]) in actors]
             if not mine_b:
@@ -190,7 +184,7 @@ def analyse(name: str, plans, costs, events: list[dict], out: Path, scale: float
     # the binding segment: the one whose bound is lowest
     rated = []
     for plan, seg, mine_l, mine_b in segs:
-        b = bound(plan, costs)
+        b = bound(plan, costs, specs=specs[plan.name])
         steps = [s.name for s in seg]
         rate, slowest = next((r, s) for names, r, s in b.segments if names == steps)
         rated.append((rate, slowest, plan, seg, mine_l, mine_b))
@@ -210,7 +204,8 @@ def analyse(name: str, plans, costs, events: list[dict], out: Path, scale: float
     overheads = []
     for _, _, plan_k, seg_k, l_k, b_k in rated:
         n_rows = sum(e["rows"] for e in b_k if e["stage"] == seg_k[0].name)
-        pools = [(s.name, s.spec.concurrency, s.spec.batch_size, s.spec.num_gpus or 1.0) for s in seg_k]
+        pools = [(s.name, pool(plan_k, s).concurrency, pool(plan_k, s).batch_size, pool(plan_k, s).num_gpus or 1.0)
+                 for s in seg_k]
         step_of = {s.name: s for s in seg_k}
         t_loaded = max(e["t"] for e in l_k)
         # the ideal's actors load when the measured ones did: a pool that started early gives both
@@ -254,8 +249,7 @@ def analyse(name: str, plans, costs, events: list[dict], out: Path, scale: float
             "whole_run_per_hour": whole,
             "ideal_whole_per_hour": samples / ideal_whole * scale * 3600 if ideal_whole else float("nan"),
             "wall_seconds": result["end"] - result["start"],
-            "pools": {s.name: [s.spec.concurrency, s.spec.num_gpus] for p in plans for s in p.steps
-                      if s.kind == "model"}}
+            "pools": {s.name: [pool(p, s).concurrency, pool(p, s).num_gpus] for p in plans for s in p.model_steps}}
 
 
 # -- hand-written splits (pools: fixed) ------------------------------------------------------------
@@ -264,7 +258,7 @@ def hand_splits(plan, gpus: int, costs) -> list[dict]:
     devices: roles with 5%+ of the per-sample cost take 1..2*gpus actors of a whole or half device
     (not below min_gpus), the light ones one actor of a quarter (the gpu profiles' habit). Best
     first, by bound."""
-    steps = [s for s in plan.steps if s.kind == "model" and s.spec.num_gpus]
+    steps = [s for s in plan.model_steps if s.spec.num_gpus]
     per_role: dict[str, float] = {}
     for s in steps:
         per_role[s.role] = per_role.get(s.role, 0.0) + costs[s.role].per_sample_seconds(s.spec.batch_size, s.kwargs)
@@ -283,9 +277,9 @@ def hand_splits(plan, gpus: int, costs) -> list[dict]:
         items = [u for s in steps for _ in range(pick[s.role][0]) for u in [pick[s.role][1]]]
         if sum(items) > gpus + 1e-9 or not packs(items, gpus):
             continue
-        for s in steps:
-            s.spec = s.spec.model_copy(update={"concurrency": pick[s.role][0], "num_gpus": pick[s.role][1]})
-        out.append({"roles": pick, "bound_per_hour": bound(plan, costs).samples_per_hour})
+        specs = {s.name: s.spec.model_copy(update={"concurrency": pick[s.role][0], "num_gpus": pick[s.role][1]})
+                 for s in steps}
+        out.append({"roles": pick, "bound_per_hour": bound(plan, costs, specs=specs).samples_per_hour})
     return sorted(out, key=lambda x: -x["bound_per_hour"])
 
 
@@ -312,14 +306,15 @@ def print_run(r: dict, gpus: int, label: str = "") -> None:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pipelines", default=",".join(PIPELINES))
+    p.add_argument("--pipelines", default=",".join(datasets()))
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--cpus", type=int, default=64, help="Ray's logical CPUs (the actors hold one each)")
-    p.add_argument("--object-store-gb", type=float, help="Ray's object store (default: RUNS, else Ray's own)")
+    p.add_argument("--object-store-gb", type=float, help="Ray's object store (default: the dataset spec's, else "
+                                                         "Ray's own)")
     p.add_argument("--timeline", help="a folder: each run's Ray timeline (ray.timeline) as <pipeline>-<run>.json")
     p.add_argument("--costs", help="a cost table YAML over the defaults (runtime/costs.py)")
-    p.add_argument("--time-scale", type=float, help="one scale for every pipeline (default: per pipeline, RUNS)")
-    p.add_argument("--n", type=int, help="inputs per pipeline (default: RUNS)")
+    p.add_argument("--time-scale", type=float, help="one scale for every pipeline (default: per dataset spec)")
+    p.add_argument("--n", type=int, help="inputs per pipeline (default: per dataset spec)")
     p.add_argument("--side", type=int, default=1024)
     p.add_argument("--splits", action="store_true", help="DIP: auto against the best hand-written split, "
                                                          "default table and VLM 5x slower")
@@ -335,8 +330,8 @@ def main(argv=None) -> dict:
     report = {"gpus": args.gpus, "runs": [], "splits": []}
     with tempfile.TemporaryDirectory(prefix="sf-simulated-") as tmp:
         for name in [x for x in args.pipelines.split(",") if x]:
-            n = args.n or RUNS[name]["n"]
-            scale = args.time_scale or RUNS[name]["time_scale"]
+            n = args.n or get_dataset(name).simulated.n
+            scale = args.time_scale or get_dataset(name).simulated.time_scale
             r = run(name, args, args.costs, [], Path(tmp) / name, n, scale)
             print_run(r, args.gpus)
             report["runs"].append(r)
@@ -359,9 +354,10 @@ def compare_splits(args, work: Path) -> list[dict]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump({role: {"per_sample": c.per_sample, "per_batch": c.per_batch}
                                         for role, c in table.items()}))
-        _, (plan,) = plans_for("dip", ["pools=fixed"], args.gpus, {})
+        _, (plan,), _ = plans_for("dip", ["pools=fixed"], args.gpus, {})
         best = hand_splits(plan, args.gpus, table)[0]
-        n, scale = args.n or RUNS["dip"]["n"], args.time_scale or RUNS["dip"]["time_scale"]
+        sim = get_dataset("dip").simulated
+        n, scale = args.n or sim.n, args.time_scale or sim.time_scale
         auto = run("dip", args, str(path), [f"cost_table={path}"], work / f"auto-{len(out)}", n, scale)
         hand = run("dip", args, str(path), fixed_overrides(best["roles"]), work / f"hand-{len(out)}", n, scale)
         ratio = auto["measured_per_hour"] / hand["measured_per_hour"]

@@ -47,7 +47,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
 FACES, U2NETP = ASSETS / "models" / "insightface_pack", ASSETS / "models" / "u2netp" / "u2netp.onnx"
 ASSET_ROLES = ("face_analysis", "background_removal")  # real small models from ../shared/assets
-GPU_CONFIGS = ("dip", "multiid", "uper")  # the first one naming a role gives its dtype and batch size
 
 
 def image(rng, size=64):
@@ -135,18 +134,20 @@ def production_roles(models: dict[str, Path]) -> dict:
 
 
 def gpu_specs() -> dict:
-    """role -> ModelSpec (dtype, batch size) of the first of GPU_CONFIGS whose configs/<name>.gpu.yaml
-    sets that role (a role a file leaves out keeps a CPU-sized default there)."""
+    """role -> ModelSpec (dtype, batch size) of the first dataset (by name) whose gpu profile sets
+    that role (a role a profile leaves out keeps a CPU-sized default there)."""
     import yaml
 
-    from runtime.config import load_config
-    from configs import PIPELINE_CONFIGS, ModelSpec
+    from runtime.config import ModelSpec, load_config
+    from runtime.registry import datasets
 
     specs = {}
-    for name in GPU_CONFIGS:
-        path = ROOT / "configs" / f"{name}.gpu.yaml"
-        named = yaml.safe_load(path.read_text())
-        for role, value in load_config(PIPELINE_CONFIGS[name], path):
+    for spec in datasets().values():
+        path = spec.profiles.get("gpu")
+        if path is None:
+            continue
+        named = yaml.safe_load(Path(path).read_text())
+        for role, value in load_config(spec.config, path):
             if isinstance(value, ModelSpec) and role in named:
                 specs.setdefault(role, value)
     return specs
@@ -231,7 +232,8 @@ def main(argv=None) -> list[dict]:
 
     import ray
 
-    import builders
+    import workers  # noqa: F401  (declares every role)
+    from runtime.roles import ROLES, buildable, ensure
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     num_cpus = os.cpu_count() or 1
@@ -243,17 +245,17 @@ def main(argv=None) -> list[dict]:
         if not torch.cuda.is_available():
             raise SystemExit("--gpu needs a CUDA device")
         root = Path(args.models or ROOT / "out" / "full-models")
-        table, specs = production_roles({r: root / r for r in builders.FULL_ROLES}), gpu_specs()
+        table, specs = production_roles({r: root / r for r in buildable("full")}), gpu_specs()
     else:
         root = Path(args.models or tempfile.mkdtemp(prefix="tiny-models-"))
-        table = roles(builders.ensure(root, [r for r in builders.BUILDERS if r not in builders.REWARD_ROLES]))
+        table = roles(ensure(root, [r for r in buildable() if ROLES[r].worker is not None]))
     results = []
     for role in args.role or table:
         path, kwargs, make = table[role]
         batch_size, num_gpus = args.batch_size or 4, None
         if args.gpu:
-            if role in builders.FULL_ROLES:
-                builders.ensure(root, [role], size="full")  # one production model on disk at a time
+            if role in buildable("full"):
+                ensure(root, [role], size="full")  # one production model on disk at a time
                 release_gpu()
             elif role in ASSET_ROLES and not ASSETS.is_dir():
                 print(f"{role:<20} skipped: its real model is in {ASSETS}, which is missing", flush=True)
@@ -272,7 +274,7 @@ def main(argv=None) -> list[dict]:
                         "bare_samples_per_s": round(b, 2), "pool_samples_per_s": round(pl, 2),
                         "ratio": round(pl / b, 3)})
         print(f"{role:<20} bare {b:8.2f}/s  pool {pl:8.2f}/s  ratio {pl / b:.2f}", flush=True)
-        if args.gpu and role in builders.FULL_ROLES and not args.keep_models:
+        if args.gpu and role in buildable("full") and not args.keep_models:
             shutil.rmtree(root / role, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

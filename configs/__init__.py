@@ -1,5 +1,6 @@
 """The typed config of each pipeline, one module per pipeline (configs/<pipeline>.py), beside its
-YAML profiles (configs/<pipeline>.<profile>.yaml). Unknown keys are errors."""
+YAML profiles (configs/<pipeline>.<profile>.yaml). Unknown keys are errors. Which config belongs to
+which pipeline is the pipeline's spec's (runtime/registry.py)."""
 from configs.dip import DIPConfig
 from configs.iapo import IAPOConfig
 from configs.multiid import MultiIDConfig
@@ -8,7 +9,4 @@ from configs.train import TrainConfig
 from configs.uper import UPERConfig
 from runtime.config import ModelSpec
 
-PIPELINE_CONFIGS = {"dip": DIPConfig, "multiid": MultiIDConfig, "uper": UPERConfig, "iapo": IAPOConfig,
-                    "synthetic": SyntheticConfig, "train": TrainConfig}
-__all__ = ["DIPConfig", "IAPOConfig", "ModelSpec", "MultiIDConfig", "PIPELINE_CONFIGS", "SyntheticConfig",
-           "TrainConfig", "UPERConfig"]
+__all__ = ["DIPConfig", "IAPOConfig", "ModelSpec", "MultiIDConfig", "SyntheticConfig", "TrainConfig", "UPERConfig"]

@@ -13,10 +13,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import workers as model_roles  # noqa: F401  (every model role declared: the plan looks its roles up)
 from configs.dip import DIPConfig
-from builders import ensure_for
-from runtime.driver import Pipeline, run
+from report import cards
+from report.review import borderline
+from runtime.driver import run
 from runtime.plan import Plan
+from runtime.registry import DatasetSpec, Example, Output, Paper, Simulated, profiles_of, register
 from runtime.rows import dataset_of
 from schemas.dip import SCHEMA
 from stages import dip
@@ -24,17 +27,9 @@ from stages.catalog import PROMPT_FIELDS, make_prompts, read_prompts
 from stages.encode import encode_members
 from stages.keys import file_id, sample_key
 from stages.photos import dreambench_pairs
-from workers.background_removal import BackgroundRemoval
-from workers.grounding import Grounding
-from workers.image_encoder import ImageEncoder
-from workers.inpainting import Inpainting
-from workers.segmentation import Segmentation
-from workers.text_to_image import TextToImage
-from workers.vlm import VLM
+from stages.synthetic import random_sample
+from trainer.data import dip_example, rl_example
 
-WORKERS = {"text_to_image": TextToImage, "inpainting": Inpainting, "grounding": Grounding,
-           "segmentation": Segmentation, "vlm": VLM, "image_encoder": ImageEncoder,
-           "background_removal": BackgroundRemoval}
 PHOTO_COLUMNS = ("subject", "class_noun", "category", "ref_path", "win_path", "prompt", "subjects", "class_nouns",
                  "n_subjects", "seed")
 
@@ -56,15 +51,15 @@ def source_rows(cfg: DIPConfig) -> list[dict]:
     return [dict(r, key=sample_key(inputs(r), cfg.output_fields())) for r in rows]
 
 
-def source(cfg: DIPConfig, plan: Plan | None = None):
+def source(cfg: DIPConfig, plan: Plan | None = None, out: str | None = None):
     return dataset_of(source_rows(cfg))
 
 
 def plan(cfg: DIPConfig, workers: dict | None = None) -> Plan:
     """The stages in order; `workers` replaces a role's class (tests drive the gates with doubles).
     The driver runs them as Ray Data stages, benchmarks/pipelines.py as a bare loop."""
-    steps = Plan("dip", cfg, dict(WORKERS, **(workers or {})), SCHEMA,
-                 source=PHOTO_COLUMNS if cfg.source == "photos" else PROMPT_FIELDS)
+    steps = Plan("dip", cfg, SCHEMA, source=PHOTO_COLUMNS if cfg.source == "photos" else PROMPT_FIELDS,
+                 workers=workers)
     cpu, model = steps.cpu, steps.model
 
     gen = dict(height=cfg.image_size, width=cfg.image_size, steps=cfg.steps, guidance=cfg.guidance)
@@ -136,11 +131,27 @@ def manifest_fields(cfg: DIPConfig) -> dict:
     }
 
 
-PIPELINE = Pipeline(__doc__.splitlines()[0], DIPConfig, plans, source, prepare=ensure_for)
+def simulated_inputs(root, n: int, side: int = 1024, seed: int = 0) -> list[str]:
+    """The catalog generator needs no files: n_single = ceil(n / 2), n_multi = floor(n / 2) prompts,
+    image_size = side (the FLUX diptych is 2 side x side)."""
+    return [f"n_single={n - n // 2}", f"n_multi={n // 2}", f"image_size={side}", f"seed={seed}"]
+
+
+SPEC = register(DatasetSpec(
+    name="dip", description=__doc__.splitlines()[0], paper=Paper("FocusDPO", "000"),
+    config=DIPConfig, profiles=profiles_of(__file__, "dip"), plans=plans, source=source,
+    outputs=(Output(
+        schema=SCHEMA, title="DIP preference quadruplets (FocusDPO)", sections="section 4.1 and appendix B",
+        card=cards.dip, charts=("encoder_cosine", "mask_area", "pos_scores", "neg_scores", "n_subjects"),
+        examples={"dpo": Example(dip_example), "focus_dpo": Example(dip_example),
+                  # ReFL's D_RL (seed 001, Alg. 1 line 13): the prompt and x_r, the policy makes the image
+                  "refl": Example(partial(rl_example, member="ref"), members=("ref",))},
+        synthetic=random_sample, report_context=None, review=borderline),),
+    simulated=Simulated(inputs=simulated_inputs, n=160, time_scale=0.2)))
 
 
 def main(argv=None, workers: dict | None = None) -> dict:
-    return run(PIPELINE, argv, workers)
+    return run(SPEC, argv, workers)
 
 
 if __name__ == "__main__":

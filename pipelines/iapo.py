@@ -17,26 +17,28 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import ray
 
-from builders import ensure_for
+import workers as model_roles  # noqa: F401  (every model role declared: the plan looks its roles up)
 from configs.iapo import IAPOConfig
-from runtime.driver import Pipeline, run
+from report import cards
+from runtime.driver import run
 from runtime.plan import Plan
+from runtime.registry import DatasetSpec, Example, Output, Paper, Simulated, profiles_of, register
 from runtime.rows import dataset_of
 from schemas.iapo import SCHEMA
 from schemas.reader import resolve_shards
 from stages import iapo
 from stages.encode import encode_members
-from workers.grounding import Grounding
-from workers.vlm import VLM
-
-WORKERS = {"vlm": VLM, "grounding": Grounding}
+from stages.synthetic import random_sample
+from trainer.data import iapo_example
+from workers.simulated import jpeg_bytes, photo
 DIP_MEMBERS = ["win.jpg", "lose.jpg", "json.json"]
 SOURCES = {"pairs": iapo.PAIR_COLUMNS, "photos": iapo.PAIR_COLUMNS, "dip": ("__key__",) + tuple(DIP_MEMBERS)}
 
 
-def source(cfg: IAPOConfig, plan: Plan | None = None) -> ray.data.Dataset:
+def source(cfg: IAPOConfig, plan: Plan | None = None, out: str | None = None) -> ray.data.Dataset:
     """The pairs as they are: Pick-a-Pic v2 rows, DreamBench photo pairs or DIP samples; the plan's
     `read` step keys them (a task per block, so hashing the image bytes of a large Parquet never
     runs on the driver)."""
@@ -53,7 +55,7 @@ def source(cfg: IAPOConfig, plan: Plan | None = None) -> ray.data.Dataset:
 
 def plan(cfg: IAPOConfig, workers: dict | None = None) -> Plan:
     """The stages in order; `workers` replaces a role's class (tests script the VLM and grounding)."""
-    steps = Plan("iapo", cfg, dict(WORKERS, **(workers or {})), SCHEMA, source=SOURCES[cfg.source])
+    steps = Plan("iapo", cfg, SCHEMA, source=SOURCES[cfg.source], workers=workers)
     cpu, model = steps.cpu, steps.model
     if cfg.source == "dip":
         cpu("dip_pair", iapo.dip_pair)  # x_w preferred over x_l
@@ -95,11 +97,38 @@ def manifest_fields(cfg: IAPOConfig) -> dict:
             "model_vlm": cfg.vlm.model, "model_grounding": cfg.grounding.model}
 
 
-PIPELINE = Pipeline(__doc__.splitlines()[0], IAPOConfig, plans, source, prepare=ensure_for)
+def simulated_inputs(root, n: int, side: int = 1024, seed: int = 0) -> list[str]:
+    """A Parquet of n Pick-a-Pic v2 rows: caption, jpg_0, jpg_1 as JPEG bytes at side x side,
+    label_0 / label_1 one-hot, never a tie."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    rows = [{"caption": f"a person walking a dog along a beach at sunset, picture {i}",
+             "jpg_0": jpeg_bytes(photo(side, side, rng)), "jpg_1": jpeg_bytes(photo(side, side, rng)),
+             "label_0": float(i % 2), "label_1": float(1 - i % 2)} for i in range(n)]
+    path = Path(root) / "iapo" / "pairs.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return [f"pairs={path}"]
+
+
+SPEC = register(DatasetSpec(
+    name="iapo", description=__doc__.splitlines()[0], paper=Paper("IAPO supplementary", "003"),
+    config=IAPOConfig, profiles=profiles_of(__file__, "iapo"), plans=plans, source=source,
+    outputs=(Output(
+        schema=SCHEMA, title="IAPO instance preferences", sections="Fig. II and eq. 1", card=cards.iapo,
+        charts=("rho_mean", "n_instances", "n_dropped", "n_disagree", "label_0"),
+        examples={"dpo": Example(iapo_example), "iapo": Example(iapo_example)},
+        synthetic=random_sample, report_context=None, review=None),),
+    # a row holds two decoded 1024 px images (6 MB), a 16-row batch 96 MB: Ray's default store on 2
+    # cores' 24 GB (6.5 GB) gives each of the 12 operators one batch; 12 GB lets each pool have its
+    # actors' batches in flight, as an 8-GPU node's store (200 GB by default) does
+    simulated=Simulated(inputs=simulated_inputs, n=600, time_scale=1.0, object_store_gb=12)))
 
 
 def main(argv=None, workers: dict | None = None) -> dict:
-    return run(PIPELINE, argv, workers)
+    return run(SPEC, argv, workers)
 
 
 if __name__ == "__main__":

@@ -28,26 +28,26 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import numpy as np
 import pyarrow as pa
 
-from builders import ensure_for
+import workers as model_roles  # noqa: F401  (every model role declared: the plans look their roles up)
 from configs.multiid import MultiIDConfig
-from runtime.driver import Pipeline, leased, parse_args, start_ray, stop_on_failed_stage, write
+from pipelines.multiid_forget import read_tombstones
+from report import cards
+from runtime.card import write_card
+from runtime.driver import run
 from runtime.plan import Plan
+from runtime.registry import DatasetSpec, Example, Output, Paper, Simulated, profiles_of, register
 from runtime.rows import dataset_of
 from schemas.multiid import REFS_SCHEMA, SCHEMA
 from schemas.store import DatasetDir, dataset_uri
 from stages import multiid as mid
-from schemas.forget import read_tombstones
 from stages.bank import build_bank, identity_id_of
 from stages.bench_split import held_out_identities, leakage_check
 from stages.encode import encode_members
 from stages.keys import sample_key
 from stages.prompts import CAPTION_SYSTEM_PROMPT
-from workers.aesthetic import Aesthetic
-from workers.face_analysis import FaceAnalysis
-from workers.text_detection import TextDetection
-from workers.vlm import VLM
-
-WORKERS = {"face_analysis": FaceAnalysis, "vlm": VLM, "text_detection": TextDetection, "aesthetic": Aesthetic}
+from stages.synthetic import random_sample
+from trainer.data import multiid_example, multiid_references
+from workers.simulated import MAX_IDENTITY, coded_photo, jpeg_bytes
 
 
 def source(cfg: MultiIDConfig, plan: Plan, out: str | None = None):
@@ -87,29 +87,33 @@ def faces(steps: Plan, cfg: MultiIDConfig) -> None:
 def bank_plan(cfg: MultiIDConfig, workers: dict | None = None) -> Plan:
     """Faces of every single-person photo -> per-identity DBSCAN (on the driver: the embeddings of
     an identity together) -> each photo's verdict -> the multiid_refs shards."""
-    steps = Plan("multiid bank", cfg, dict(WORKERS, **(workers or {})), REFS_SCHEMA, source=("path", "identity"))
+    steps = Plan("multiid bank", cfg, REFS_SCHEMA, source=("path", "identity"), workers=workers)
     faces(steps, cfg)
     steps.cpu("one_face", partial(mid.one_face, min_det_score=cfg.min_det_score, min_face_px=cfg.min_face_px))
     steps.gather("cluster", partial(cluster, cfg=cfg), reads=("key", "identity", "embedding"),
-                 provides=("bank", "verdicts", "members"))
+                 provides=("bank", "verdicts", "members", "centers", "identity_ids", "references"))
     steps.cpu("bank", mid.bank_verdict, needs=("verdicts", "members"))
     steps.resume()  # after the bank: the bank is built from every photo, committed or not
     steps.cpu("reload", partial(mid.reload, **load_args(cfg)))
     fields = {"model_face_analysis": cfg.face_analysis.model}
     steps.cpu("finalize", partial(mid.finalize, fields=fields), writes=tuple(fields))
     steps.cpu("encode", partial(encode_members, schema=REFS_SCHEMA))
+    steps.after("bank_files", partial(write_bank, cfg), needs=("bank",))
     return steps
 
 
 def cluster(rows: list[dict], cfg: MultiIDConfig) -> dict:
     """The bank from every live single's embedding (512 floats a photo; 3,000 identities x 400
-    photos is 2.4 GB on the driver, see benchmarks/multiid.py); verdicts and members per key."""
+    photos is 2.4 GB on the driver, see benchmarks/multiid.py); verdicts and members per key, and
+    what the group photos' plan matches against (centers, their ids, each identity's references)."""
     bank = build_bank([r["key"] for r in rows], [str(r["identity"]) for r in rows],
                       np.stack([r["embedding"] for r in rows]) if rows else np.zeros((0, 512), np.float32),
                       eps=cfg.dbscan_eps, min_samples=cfg.dbscan_min_samples, min_references=cfg.min_references)
     return {"bank": bank, "verdicts": {k: (reason, detail) for k, reason, detail in bank.rejects},
             "members": {k: (i.identity_id, s) for i in bank.identities
-                        for k, s in zip(i.reference_keys, i.center_similarity)}}
+                        for k, s in zip(i.reference_keys, i.center_similarity)},
+            "centers": bank.centers.astype(np.float32), "identity_ids": bank.ids,
+            "references": {i.identity_id: i.reference_keys for i in bank.identities}}
 
 
 def write_bank(cfg: MultiIDConfig, out: str, bank) -> None:
@@ -144,8 +148,9 @@ def group_plan(cfg: MultiIDConfig, workers: dict | None = None) -> Plan:
     centers per batch -> appendix C's filters (resolution, collage, OCR text, aesthetic) ->
     caption -> the held-out identities (chosen once, from the light columns) -> the split ->
     decoded again -> shards (paired photos in shards of their own)."""
-    steps = Plan("multiid", cfg, dict(WORKERS, **(workers or {})), SCHEMA, source=("path",),
-                 inputs=("centers", "identity_ids", "references", "previous_held_out"), shard_by="paired")
+    steps = Plan("multiid", cfg, SCHEMA, source=("path",), shard_by="paired", depends=("multiid bank",),
+                 inputs=("centers", "identity_ids", "references", "previous_held_out"), workers=workers)
+    steps.before("previous_split", previous_split, provides=("previous_held_out",))
     steps.resume()
     faces(steps, cfg)
     steps.cpu("group_faces", partial(mid.group_faces, min_faces=cfg.min_faces, max_faces=cfg.max_faces,
@@ -174,7 +179,15 @@ def group_plan(cfg: MultiIDConfig, workers: dict | None = None) -> Plan:
               "model_text_detection": cfg.text_detection.model, "model_aesthetic": cfg.aesthetic.model}
     steps.cpu("finalize", partial(mid.finalize, fields=fields), writes=tuple(fields))
     steps.cpu("encode", partial(encode_members, schema=SCHEMA))
+    steps.after("split_record", record_split, needs=("held",))
     return steps
+
+
+def previous_split(out: str) -> dict:
+    """The held-out identities of an earlier run (dataset.json), which a resumed run keeps."""
+    info = DatasetDir.open(dataset_uri(out, SCHEMA.name), dataset=SCHEMA.name).read_info() or {}
+    split = info.get("bench_split")
+    return {"previous_held_out": split["held_out"] if split else None}
 
 
 def holdout(rows: list[dict], cfg: MultiIDConfig, previous_held_out: list | None) -> dict:
@@ -201,39 +214,61 @@ def record_split(out: str, held: set[int]) -> None:
     splits = manifest.column("split").to_pylist() if manifest is not None else []
     info = d.read_info() or {}
     info["bench_split"] = dict(leakage_check(splits, lists, held), held_out=sorted(held))
-    d.write_info(info, SCHEMA)
+    d.write_info(info)
+    write_card(d, SPEC.output(SCHEMA.name), info)
     if not info["bench_split"]["ok"]:
         raise RuntimeError(f"identity leak between train and bench: {info['bench_split']['overlap']}")
+
+
+def simulated_inputs(root, n: int, side: int = 1024, seed: int = 0) -> list[str]:
+    """n group photos (1-4 faces of known identities each) in `groups/` and, in `singles/`, 3 photos
+    of each of max(2, min(255, n // 2)) identities (a folder per identity), side x 3/4 side coded
+    photos (workers/simulated.coded_photo), JPEG quality 90."""
+    root = Path(root) / "multiid"
+    simulated_photos(root, n, identities=max(2, min(MAX_IDENTITY, n // 2)), per_identity=3, side=side,
+                     rng=np.random.default_rng(seed))
+    return [f"singles={root / 'singles'}", f"groups={root / 'groups'}"]
+
+
+def simulated_photos(root: Path, n_groups: int, identities: int, per_identity: int, side: int,
+                     rng: np.random.Generator, strangers: bool = False) -> None:
+    """root/singles/personNNN/J.jpg (identity NNN + 1 coded) and root/groups/gNNNNN.jpg (1-4
+    distinct identities; with `strangers`, code 0, a face no bank center matches, among them)."""
+    height = side * 3 // 4
+    for i in range(identities):
+        folder = root / "singles" / f"person{i:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(per_identity):
+            (folder / f"{j}.jpg").write_bytes(jpeg_bytes(coded_photo([i + 1], height, side, rng), quality=90))
+    (root / "groups").mkdir(parents=True, exist_ok=True)
+    codes = np.arange(0 if strangers else 1, identities + 1)
+    for g in range(n_groups):
+        k = int(rng.integers(1, min(4, len(codes)) + 1))
+        faces = [int(c) for c in rng.choice(codes, size=k, replace=False)]
+        (root / "groups" / f"g{g:05d}.jpg").write_bytes(jpeg_bytes(coded_photo(faces, height, side, rng), quality=90))
+
+
+SPEC = register(DatasetSpec(
+    name="multiid", description=__doc__.splitlines()[0], paper=Paper("WithAnyone (MultiID-2M)", "002"),
+    config=MultiIDConfig, profiles=profiles_of(__file__, "multiid"), plans=plans, source=source,
+    outputs=(
+        Output(schema=REFS_SCHEMA, title="MultiID reference bank (WithAnyone)",
+               sections="section 3: the ArcFace reference bank", card=cards.generic,
+               charts=("center_similarity", "det_score"), examples={}, synthetic=random_sample,
+               report_context=None, review=None),
+        Output(schema=SCHEMA, title="MultiID group photos and identities (WithAnyone)",
+               sections="section 3 and appendix C; bench split: section 4, appendix D", card=cards.multiid,
+               charts=("similarity", "margin", "n_faces", "n_assigned", "aesthetic"),
+               examples={"sft": Example(multiid_example, context=multiid_references),
+                         "id": Example(multiid_example, context=multiid_references)},
+               synthetic=random_sample, report_context=cards.multiid_references, review=None)),
+    simulated=Simulated(inputs=simulated_inputs, n=300, time_scale=2.0)))
 
 
 def main(argv=None, workers: dict | None = None) -> dict:
     """Both plans, checked before Ray starts: the bank and the refs shards, then the group photos
     (paired photos in shards of their own) and the split's leakage check."""
-    cfg, out = parse_args(__doc__.splitlines()[0], MultiIDConfig, argv)
-    bank, groups = [p.check() for p in plans(cfg, workers)]
-    with leased(out, [bank.schema.name, groups.schema.name], cfg):
-        ensure_for(cfg)
-        start_ray(cfg)
-        with stop_on_failed_stage():
-            return run_both(cfg, out, bank, groups)
-
-
-def run_both(cfg: MultiIDConfig, out: str, bank: Plan, groups: Plan) -> dict:
-    refs = bank.apply(source(cfg, bank, out), out)
-    built = bank.gathered["bank"]
-    write_bank(cfg, out, built)
-    write(refs, out, bank, cfg)
-    previous = (DatasetDir.open(dataset_uri(out, SCHEMA.name), dataset=SCHEMA.name).read_info() or {}).get("bench_split")
-    ds = groups.apply(source(cfg, groups, out), out, values={
-        "centers": built.centers.astype(np.float32), "identity_ids": built.ids,
-        "references": {i.identity_id: i.reference_keys for i in built.identities},
-        "previous_held_out": previous["held_out"] if previous else None})
-    info = write(ds, out, groups, cfg)
-    record_split(out, groups.gathered["held"])
-    return info
-
-
-PIPELINE = Pipeline(__doc__.splitlines()[0], MultiIDConfig, plans, source, prepare=ensure_for)
+    return run(SPEC, argv, workers)
 
 
 if __name__ == "__main__":

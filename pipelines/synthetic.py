@@ -16,25 +16,27 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import ray
 
 from configs.synthetic import SyntheticConfig
-from runtime.driver import Pipeline, run
+from runtime.driver import run
 from runtime.plan import Plan, SchemaColumns
-from schemas.registry import get_schema
+from runtime.registry import Pipeline, get_output, register
 from stages import synthetic
 from stages.encode import encode_members
 from stages.keys import sample_key
 
 
-def source(cfg: SyntheticConfig, plan: Plan | None = None) -> ray.data.Dataset:
+def source(cfg: SyntheticConfig, plan: Plan | None = None, out: str | None = None) -> ray.data.Dataset:
     return ray.data.from_items([{"key": sample_key({"index": i}, cfg.output_fields()), "index": i,
                                  "input": f"synthetic:{i}"} for i in range(cfg.samples)])
 
 
 def plan(cfg: SyntheticConfig, workers: dict | None = None) -> Plan:
-    schema = get_schema(cfg.dataset)
-    steps = Plan("synthetic", cfg, {}, schema, source=("index",))
+    output = get_output(cfg.dataset)  # the dataset's spec: its schema and how a random sample of it looks
+    schema = output.schema
+    steps = Plan("synthetic", cfg, schema, source=("index",), workers=workers)
     steps.resume()
-    steps.cpu("generate", partial(synthetic.generate, schema=schema, seed=cfg.seed, image_size=cfg.image_size,
-                                  poison_every=cfg.poison_every, work_seconds=cfg.work_seconds),
+    steps.cpu("generate", partial(synthetic.generate, schema=schema, sample=output.synthetic, seed=cfg.seed,
+                                  image_size=cfg.image_size, poison_every=cfg.poison_every,
+                                  work_seconds=cfg.work_seconds),
               writes=tuple(sorted(SchemaColumns.of(schema).names)), batch_size=cfg.batch_size)
     steps.cpu("encode", partial(encode_members, schema=schema), batch_size=cfg.batch_size)
     return steps
@@ -44,11 +46,12 @@ def plans(cfg: SyntheticConfig, workers: dict | None = None) -> list[Plan]:
     return [plan(cfg, workers)]
 
 
-PIPELINE = Pipeline(__doc__.splitlines()[0], SyntheticConfig, plans, source)
+SPEC = register(Pipeline(name="synthetic", description=__doc__.splitlines()[0], config=SyntheticConfig,
+                         plans=plans, source=source))
 
 
 def main(argv=None) -> dict:
-    return run(PIPELINE, argv)
+    return run(SPEC, argv)
 
 
 if __name__ == "__main__":

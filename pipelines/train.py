@@ -13,10 +13,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.driver import parse_args
+import trainer.rewards  # noqa: F401  (declares the reward models' roles, which ensure_for builds)
 from configs import TrainConfig
+from runtime.driver import parse_args
+from runtime.registry import Pipeline, register
+from runtime.roles import ensure_for
 from trainer.loop import train
-from builders import ensure_for
 
 
 def main(argv=None) -> dict:
@@ -52,6 +54,9 @@ def train_on_ray(cfg: TrainConfig, out: str) -> dict:
     TorchTrainer(loop, train_loop_config=cfg.model_dump(),
                  scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu)).fit()
     return json.loads((Path(out) / "summary.json").read_text())  # rank 0's
+
+
+SPEC = register(Pipeline(name="train", description=__doc__.splitlines()[0], config=TrainConfig, main=main))
 
 
 if __name__ == "__main__":

@@ -13,27 +13,28 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import ray
 
-from builders import ensure_for
+import workers as model_roles  # noqa: F401  (every model role declared: the plan looks its roles up)
 from configs.uper import UPERConfig
-from runtime.driver import Pipeline, run
+from report import cards
+from runtime.driver import run
 from runtime.plan import Plan
+from runtime.registry import DatasetSpec, Example, Output, Paper, Simulated, profiles_of, register
 from runtime.rows import dataset_of
 from schemas.reader import resolve_shards
 from schemas.uper import SCHEMA
 from stages import uper
 from stages.encode import encode_members
-from workers.background_removal import BackgroundRemoval
-from workers.image_encoder import ImageEncoder
-from workers.vlm import VLM
-
-WORKERS = {"background_removal": BackgroundRemoval, "vlm": VLM, "image_encoder": ImageEncoder}
+from stages.synthetic import random_sample
+from trainer.data import rl_example, uper_example
+from workers.simulated import jpeg_bytes, photo
 
 
 # --- inputs ------------------------------------------------------------------------------------
 
-def source(cfg: UPERConfig, plan: Plan | None = None) -> ray.data.Dataset:
+def source(cfg: UPERConfig, plan: Plan | None = None, out: str | None = None) -> ray.data.Dataset:
     """The input pairs as they are (the plan's `read` step keys them): photo folders are listed on
     the driver; lists and DIP shards are read by Ray Data in parallel (a Subjects200K parquet is
     100s of GB: the driver never holds it)."""
@@ -64,7 +65,7 @@ def read_list(path: str | None) -> ray.data.Dataset:
 
 def plan(cfg: UPERConfig, workers: dict | None = None) -> Plan:
     """The stages in order; `workers` replaces a role's class (tests use doubles)."""
-    steps = Plan("uper", cfg, dict(WORKERS, **(workers or {})), SCHEMA, source=uper.INPUT_COLUMNS[cfg.source])
+    steps = Plan("uper", cfg, SCHEMA, source=uper.INPUT_COLUMNS[cfg.source], workers=workers)
     cpu, model = steps.cpu, steps.model
     vlm = dict(max_new_tokens=cfg.vlm_max_new_tokens)
     base = str(Path(cfg.pairs).parent) if cfg.pairs and "://" not in cfg.pairs else None
@@ -104,11 +105,47 @@ def manifest_fields(cfg: UPERConfig) -> dict:
             "model_image_encoder": cfg.image_encoder.model}
 
 
-PIPELINE = Pipeline(__doc__.splitlines()[0], UPERConfig, plans, source, prepare=ensure_for)
+SUBJECTS = ("teapot", "backpack", "sneaker", "vase", "guitar", "dog", "cat", "robot")
+
+
+def simulated_inputs(root, n: int, side: int = 1024, seed: int = 0) -> list[str]:
+    """A Parquet of n Subjects200K rows: `image` = {"bytes", "path"} of a diptych, two side / 2
+    halves each in a `diptych_padding` (8 px) white border, so side 1024 is Subjects200K's 1056 x 528;
+    `description` = {"item", "description_0", "description_1"}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng, half, p = np.random.default_rng(seed), side // 2, UPERConfig().diptych_padding
+    rows = []
+    for i in range(n):
+        canvas = np.full((half + 2 * p, 2 * (half + 2 * p), 3), 255, np.uint8)
+        canvas[p:p + half, p:p + half] = photo(half, half, rng)
+        canvas[p:p + half, 3 * p + half:3 * p + 2 * half] = photo(half, half, rng)
+        item = SUBJECTS[i % len(SUBJECTS)]
+        rows.append({"image": {"bytes": jpeg_bytes(canvas), "path": None},
+                     "description": {"item": item, "description_0": f"a {item} on a white background",
+                                     "description_1": f"a {item} on a wooden table in a sunlit kitchen, photo {i}"}})
+    path = Path(root) / "uper" / "pairs.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return [f"pairs={path}"]
+
+
+SPEC = register(DatasetSpec(
+    name="uper", description=__doc__.splitlines()[0], paper=Paper("UPER", "001"),
+    config=UPERConfig, profiles=profiles_of(__file__, "uper"), plans=plans, source=source,
+    outputs=(Output(
+        schema=SCHEMA, title="UPER SFT pairs", sections="section 3.2.1 and appendix B.4", card=cards.uper,
+        charts=("r_sub", "r_sub_patch", "rating", "attributes_present", "fg_fraction"),
+        examples={"sft": Example(uper_example),
+                  # ReFL's D_RL (seed 001, Alg. 1 line 13): the prompt and the background-cleaned reference
+                  "refl": Example(partial(rl_example, member="ref_clean"), members=("ref_clean",))},
+        synthetic=random_sample, report_context=None, review=None),),
+    simulated=Simulated(inputs=simulated_inputs, n=600, time_scale=1.0)))
 
 
 def main(argv=None, workers: dict | None = None) -> dict:
-    return run(PIPELINE, argv, workers)
+    return run(SPEC, argv, workers)
 
 
 if __name__ == "__main__":

@@ -23,21 +23,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from schemas.contract import decode_member
-from schemas.reader import load_manifest, load_rejects, read_samples
-from schemas.registry import get_schema
 from report import cards as C
 from report import charts
-from report.review import borderline, write_review
+from report.review import write_review
+from runtime.registry import get_output
+from schemas.contract import decode_member
+from schemas.reader import load_manifest, load_rejects, read_samples
 from schemas.store import DatasetDir, resolve_filesystem
-
-TITLES = {
-    "dip": "DIP preference quadruplets (FocusDPO)",
-    "multiid": "MultiID group photos and identities (WithAnyone)",
-    "multiid_refs": "MultiID reference bank (WithAnyone)",
-    "uper": "UPER SFT pairs",
-    "iapo": "IAPO instance preferences",
-}
 
 
 def select(manifest: pd.DataFrame, query: str | None, samples: int, seed: int) -> tuple[pd.DataFrame, str]:
@@ -84,28 +76,13 @@ def read_chosen(dataset_dir: str, rows: pd.DataFrame, schema) -> tuple[dict[str,
     return found, error
 
 
-def multiid_refs(dataset_dir: str, rows: pd.DataFrame) -> dict:
-    """The reference thumbnails of the identities on these rows, from OUT/multiid_refs beside it."""
-    refs_dir = dataset_dir.rstrip("/").rsplit("/", 1)[0] + "/multiid_refs"
-    try:
-        refs = load_manifest(refs_dir)
-    except Exception:  # noqa: BLE001 - no bank beside it: the report shows faces without references
-        return {}
-    wanted = {int(i) for r in records(rows) for i in r.get("identity") or [] if i >= 0}
-    refs = refs[refs["identity_id"].isin(wanted)]
-    refs = refs.sort_values("center_similarity", ascending=False).groupby("identity_id").head(C.REFS_PER_IDENTITY)
-    schema = get_schema("multiid_refs")
-    found, _ = read_chosen(refs_dir, refs, schema)
-    return {"refs": C.ref_pics(records(refs), {k: v[0] for k, v in found.items()})}
-
-
-def summary(dataset_dir: str, dataset: str, manifest: pd.DataFrame) -> dict:
+def summary(dataset_dir: str, dataset: str, manifest: pd.DataFrame, charted: tuple[str, ...]) -> dict:
     out = DatasetDir.open(dataset_dir, dataset=dataset)
     info = out.read_info() or {}
     rejects = load_rejects(dataset_dir)
     stages = info["runs"][-1]["stages"] if info.get("runs") else []
     chart_list = [(charts.rejects_by_reason(rejects), "rejects by stage and reason"),
-                  (charts.score_histograms(manifest, dataset), "score histograms"),
+                  (charts.score_histograms(manifest, charted), "score histograms"),
                   (charts.stage_throughput(stages), "per-stage throughput")]
     examples = []
     if not rejects.empty:
@@ -132,13 +109,14 @@ def build_report(dataset_dir: str, out: str | os.PathLike | None = None, *, quer
     if samples < 1 or per_page < 1:
         raise ValueError("samples and per_page must be >= 1")
     dataset = DatasetDir.open(dataset_dir).dataset
-    schema = get_schema(dataset)
+    spec = get_output(dataset)  # its schema, card, charts and review list
+    schema = spec.schema
     manifest = load_manifest(dataset_dir)
-    if review and dataset != "dip":
-        raise ValueError(f"the review list is DIP's (rubric scores next to the gates), not {dataset}'s")
+    if review and spec.review is None:
+        raise ValueError(f"{dataset} has no review list (DIP's: rubric scores next to the gates)")
     out_dir = Path(out) if out is not None else default_out(dataset_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    to_review = borderline(manifest) if dataset == "dip" else None
+    to_review = spec.review(manifest) if spec.review is not None else None
     if to_review is not None:
         write_review(to_review, out_dir / "review.csv")
     chosen, selection = select(to_review if review else manifest, query, samples, seed)
@@ -148,8 +126,8 @@ def build_report(dataset_dir: str, out: str | os.PathLike | None = None, *, quer
         old.unlink()
 
     found, read_error = read_chosen(dataset_dir, chosen, schema)
-    ctx = multiid_refs(dataset_dir, chosen) if dataset == "multiid" else {}
-    card_of = C.CARDS.get(dataset, C.generic)
+    ctx = spec.report_context(dataset_dir, chosen) if spec.report_context is not None else {}
+    card_of = spec.card
     rendered = []
     for row in records(chosen):
         if row["key"] not in found:
@@ -167,13 +145,13 @@ def build_report(dataset_dir: str, out: str | os.PathLike | None = None, *, quer
     pages = [{"number": i + 1, "file": "index.html" if i == 0 else f"page-{i + 1:04d}.html"} for i in range(n_pages)]
     env = Environment(loader=FileSystemLoader(Path(__file__).parent), autoescape=select_autoescape(["j2", "html"]))
     template = env.get_template("page.html.j2")
-    info = summary(dataset_dir, dataset, manifest)
+    info = summary(dataset_dir, dataset, manifest, spec.charts)
     info["review"] = None if to_review is None else len(to_review)
     paths = []
     for p in pages:
         start = (p["number"] - 1) * per_page
         page_cards = rendered[start:start + per_page]
-        html = template.render(dataset=dataset, title=TITLES.get(dataset, dataset), source=dataset_dir,
+        html = template.render(dataset=dataset, title=spec.title, source=dataset_dir,
                                selection=selection, pages=pages, page=p["number"],
                                summary=info if p["number"] == 1 else None, cards=page_cards,
                                first=start + 1 if page_cards else 0, last=start + len(page_cards), total=len(rendered))

@@ -1,4 +1,5 @@
-"""One card per sample, per dataset: the pictures a person checks and the numbers beside them.
+"""One card per sample, per dataset: the pictures a person checks and the numbers beside them. Each
+dataset's spec names its card function (runtime/registry.py: Output.card), one of these or its own.
 
 A card function takes the manifest row (dict) and the sample's members (name -> decoded value; a
 member that did not decode is absent and named in `problems`), and returns a Card. A picture that
@@ -160,7 +161,23 @@ def generic(row: dict, sample: dict, ctx: dict) -> Card:
     return c
 
 
-CARDS = {"dip": dip, "multiid": multiid, "uper": uper, "iapo": iapo}
+def multiid_references(dataset_dir: str, rows) -> dict:
+    """MultiID's card context: the reference thumbnails of the identities on these manifest rows,
+    from OUT/multiid_refs beside the group photos (none when there is no bank beside it)."""
+    from report.build import read_chosen, records
+    from schemas.multiid import REFS_SCHEMA
+    from schemas.reader import load_manifest
+
+    refs_dir = dataset_dir.rstrip("/").rsplit("/", 1)[0] + "/" + REFS_SCHEMA.name
+    try:
+        refs = load_manifest(refs_dir)
+    except Exception:  # noqa: BLE001 - no bank beside it: the report shows faces without references
+        return {}
+    wanted = {int(i) for r in records(rows) for i in r.get("identity") or [] if i >= 0}
+    refs = refs[refs["identity_id"].isin(wanted)]
+    refs = refs.sort_values("center_similarity", ascending=False).groupby("identity_id").head(REFS_PER_IDENTITY)
+    found, _ = read_chosen(refs_dir, refs, REFS_SCHEMA)
+    return {"refs": ref_pics(records(refs), {k: v[0] for k, v in found.items()})}
 
 
 def ref_pics(refs_rows: list[dict], samples: dict[str, dict]) -> dict[int, list[Pic]]:

@@ -9,17 +9,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-# per dataset, the manifest columns whose distribution a person checks first (list columns are
-# flattened: one value per subject / face / instance)
-SCORES = {
-    "dip": ("encoder_cosine", "mask_area", "pos_scores", "neg_scores", "n_subjects"),
-    "multiid": ("similarity", "margin", "n_faces", "n_assigned", "aesthetic"),
-    "multiid_refs": ("center_similarity", "det_score"),
-    "uper": ("r_sub", "r_sub_patch", "rating", "attributes_present", "fg_fraction"),
-    "iapo": ("rho_mean", "n_instances", "n_dropped", "n_disagree", "label_0"),
-}
-
-
 def png_uri(fig: Figure) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -49,8 +38,10 @@ def rejects_by_reason(rejects: pd.DataFrame) -> str | None:
     return png_uri(fig)
 
 
-def score_histograms(manifest: pd.DataFrame, dataset: str) -> str | None:
-    columns = [(c, flat_values(manifest[c])) for c in SCORES.get(dataset, ()) if c in manifest]
+def score_histograms(manifest: pd.DataFrame, charted) -> str | None:
+    """Histograms of the manifest columns a dataset's spec charts (list columns flattened: one value
+    per subject / face / instance)."""
+    columns = [(c, flat_values(manifest[c])) for c in charted if c in manifest]
     columns = [(c, v) for c, v in columns if len(v)]
     if not columns:
         return None

@@ -1,52 +1,54 @@
-"""`subjectforge run|plan|manifest|validate|report|forget`."""
+"""`subjectforge run|plan|manifest|validate|report|forget`: the top floor, which may import anything
+and which nothing imports. Pipelines and datasets are found through the registry
+(runtime/registry.py), never by a path."""
 from __future__ import annotations
 
 import argparse
-import runpy
 import sys
-from pathlib import Path
-
-PIPELINES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
-
 
 def cmd_run(args, rest) -> int:
-    """Same as `python pipelines/<name>.py ...` (the pipelines are run as scripts, so this module
-    does not import them)."""
-    script = PIPELINES_DIR / f"{args.pipeline}.py"
-    if not script.exists():
-        known = sorted(p.stem for p in PIPELINES_DIR.glob("*.py") if not p.stem.startswith("_"))
-        print(f"unknown pipeline {args.pipeline!r}; known: {known}", file=sys.stderr)
+    """Same as `python pipelines/<name>.py ...`: the pipeline registered under that name (a dataset's
+    spec, synthetic, train, or a plugin's), never a path."""
+    from runtime.driver import run
+    from runtime.registry import get_pipeline
+    from schemas.registry import UnknownDataset
+
+    try:
+        spec = get_pipeline(args.pipeline)
+    except UnknownDataset as e:
+        print(f"subjectforge run: {e}", file=sys.stderr)
         return 2
-    sys.argv = [str(script)] + rest
-    runpy.run_path(str(script), run_name="__main__")
+    sys.argv = [args.pipeline] + rest
+    spec.main(rest) if spec.main is not None else run(spec, rest)
     return 0
 
 
 def cmd_plan(args, rest) -> int:
     """The DAG of a pipeline for a config, without running it: each step with its kind and
     resources, the columns it reads and writes, the rejects it can produce. Exit 2 with one line
-    on a miswired plan or an invalid config."""
-    import importlib
-
+    on a miswired plan, an incomplete role or an invalid config."""
     from runtime.config import ConfigError, load_config
-    from runtime.plan import PlanError
+    from runtime.plan import PlanError, order
+    from runtime.pools import size_pools
+    from runtime.registry import SpecError, get_pipeline, pipelines
+    from runtime.roles import RoleError
+    from schemas.registry import UnknownDataset
 
-    if not (PIPELINES_DIR / f"{args.pipeline}.py").exists() or args.pipeline == "train":
-        known = sorted(p.stem for p in PIPELINES_DIR.glob("*.py") if not p.stem.startswith("_") and p.stem != "train")
-        print(f"unknown pipeline {args.pipeline!r}; known: {known}", file=sys.stderr)
-        return 2
-    pipeline = importlib.import_module(f"pipelines.{args.pipeline}").PIPELINE
     try:
-        cfg = load_config(pipeline.config, args.config, args.overrides)
-        plans = [p.check() for p in pipeline.plans(cfg, None)]
-        splits = []
+        spec = get_pipeline(args.pipeline)
+        if spec.plans is None:
+            raise UnknownDataset(f"{args.pipeline} has no plan; pipelines with one: "
+                                 f"{', '.join(n for n, p in pipelines().items() if p.plans is not None)}")
+        cfg = load_config(spec.config, args.config, args.overrides)
+        plans = order(spec.plans(cfg, None))
+        splits, specs = [], {}
         if args.gpus is not None:  # the pools `pools: auto` would give on a cluster of that many GPUs
             for p in plans:
-                p.size_pools(args.gpus, log=splits.append)
-    except (ConfigError, PlanError, ValueError) as e:
+                specs[p.name] = size_pools(p, args.gpus, log=splits.append)
+    except (ConfigError, PlanError, RoleError, SpecError, ValueError) as e:
         print(f"subjectforge plan: {e}", file=sys.stderr)
         return 2
-    print("\n\n".join([p.describe() for p in plans] + splits))
+    print("\n\n".join([p.describe(specs.get(p.name)) for p in plans] + splits))
     return 0
 
 
@@ -99,13 +101,13 @@ def cmd_report(args, rest) -> int:
 
 
 def cmd_forget(args, rest) -> int:
-    """Identity takedown (schemas/forget.py) under the lease of both MultiID folders, so no run
-    writes them meanwhile. Exit 2 with one line on an unknown id, a photo without a face or a
+    """Identity takedown (pipelines/multiid_forget.py) under the lease of both MultiID folders, so no
+    run writes them meanwhile. Exit 2 with one line on an unknown id, a photo without a face or a
     folder that is not a MultiID output; 1 when another run holds a lease."""
     import json
 
+    from pipelines.multiid_forget import GROUPS, REFS, ForgetError, forget
     from runtime.lease import Lease, LeaseHeld
-    from schemas.forget import GROUPS, REFS, ForgetError, forget
     from schemas.store import dataset_uri
     from schemas.store import DatasetDir
 
@@ -176,8 +178,14 @@ def main(argv=None) -> int:
     args, rest = p.parse_known_args(argv)
     if args.cmd != "run" and rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
-    return {"run": cmd_run, "plan": cmd_plan, "manifest": cmd_manifest, "validate": cmd_validate,
-            "report": cmd_report, "forget": cmd_forget}[args.cmd](args, rest)
+    from schemas.registry import DatasetModuleError
+
+    try:
+        return {"run": cmd_run, "plan": cmd_plan, "manifest": cmd_manifest, "validate": cmd_validate,
+                "report": cmd_report, "forget": cmd_forget}[args.cmd](args, rest)
+    except DatasetModuleError as e:  # an installed or project dataset module that does not import
+        print(f"subjectforge {args.cmd}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

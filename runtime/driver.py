@@ -1,9 +1,10 @@
-"""The driver of a run, the same for every pipeline script: arguments and config, the plan checked
-before Ray starts, Ray, the plan applied to the source, the write and the run summary.
+"""The driver of a run, the same for every pipeline: arguments and config, the plans checked before
+Ray starts (and ordered by what each depends on), the leases of the output folders, the tiny
+models built, Ray, then per plan: its `before` hooks, the plan on its source (runtime/execute.py),
+the write, its `after` hooks, the dataset card, the run summary. What one plan gathers reaches the
+plans that depend on it (MultiID: the bank's centers reach the group photos).
 
-A pipeline module gives `Pipeline(name, config class, plans, source)`; `run(pipeline, argv)` is its
-main. MultiID (two output datasets whose second plan needs the first's bank) drives its plans
-with the same pieces: `parse_args`, `start_ray`, `Plan.apply`, `write`.
+A pipeline module declares its DatasetSpec (runtime/registry.py); its main is `run(SPEC, argv)`.
 """
 from __future__ import annotations
 
@@ -12,30 +13,14 @@ import contextlib
 import json
 import os
 import sys
-from dataclasses import dataclass
-from typing import Callable
+from functools import partial
 
 from runtime.config import ConfigError, PipelineConfig, load_config, missing_inputs
-from schemas.store import dataset_uri
+from schemas.store import DatasetDir, dataset_uri
 
 
-@dataclass
-class Pipeline:
-    """What `run` and `subjectforge plan` need of a pipeline script.
-
-    plans(cfg, workers) -> [Plan]: the DAGs, one per output dataset, built and checked without Ray;
-    source(cfg, plan) -> a Ray Dataset with the plan's source columns; prepare(cfg): builds what the
-    config points at before Ray starts (the tiny profile's random-weight models)."""
-
-    description: str
-    config: type[PipelineConfig]
-    plans: Callable
-    source: Callable | None = None
-    prepare: Callable | None = None
-
-
-def parse_args(description: str, config_cls: type[PipelineConfig], argv=None):
-    p = argparse.ArgumentParser(description=description)
+def parse_args(description: str, config_cls: type[PipelineConfig], argv=None, prog: str | None = None):
+    p = argparse.ArgumentParser(description=description, prog=prog)
     p.add_argument("--config", required=True, help="YAML config (configs/<pipeline>.<profile>.yaml)")
     p.add_argument("--out", required=True, help="output root: local path or URI (s3://bucket/prefix)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
@@ -60,9 +45,9 @@ def usage_error(prog: str, error: Exception):
     raise SystemExit(2)
 
 
-def start_ray(cfg: PipelineConfig) -> None:
+def start_ray(cfg: PipelineConfig, modules=()) -> None:
     """Join the cluster of `ray job submit` (RAY_ADDRESS) or cfg.ray.address; else start Ray
-    in-process on this machine."""
+    in-process on this machine. `modules`: what the prewarmed workers import (the plans' stages)."""
     import ray
 
     if not ray.is_initialized():  # else a caller's Ray (tests, benchmarks): its settings stand
@@ -77,20 +62,31 @@ def start_ray(cfg: PipelineConfig) -> None:
             options.resource_limits = options.resource_limits.copy(object_store_memory=cfg.ray.data_object_store_bytes)
         progress_bars()
     if cfg.ray.prewarm_workers:
-        prewarm(cfg.ray.prewarm_workers, f"stages.{type(cfg).__module__.rsplit('.', 1)[-1]}")
+        prewarm(cfg.ray.prewarm_workers, modules)
 
 
-def prewarm(n: int, stages: str) -> None:
+def stage_modules(plans) -> list[str]:
+    """The modules of the plans' CPU step functions: what a CPU task imports first."""
+    out = []
+    for plan in plans:
+        for s in plan.steps:
+            fn = getattr(s, "fn", None)
+            while isinstance(fn, partial):
+                fn = fn.func
+            name = getattr(fn, "__module__", None)
+            if name and name != "__main__" and name not in out:
+                out.append(name)
+    return out
+
+
+def prewarm(n: int, stages=()) -> None:
     """Start n worker processes with the project imported, without waiting for them: Ray Data
     starts a CPU stage's first tasks in idle workers, and a new process costs seconds (Python, Ray,
     pyarrow, the stages) on each hop of the DAG before every pool is busy. num_cpus=0: they never
     hold a CPU a model pool is waiting for; the sleep keeps them apart, one process each."""
-    import importlib.util
-
     import ray
 
-    modules = ["runtime.plan", "schemas.writer", "stages.encode"] + (
-        [stages] if importlib.util.find_spec(stages) else [])
+    modules = ["runtime.plan", "schemas.writer"] + [m for m in stages if m not in ("runtime.plan", "schemas.writer")]
 
     @ray.remote(num_cpus=0)
     def warm(names):
@@ -142,18 +138,45 @@ def write(ds, out: str, plan, cfg: PipelineConfig, run_id: str | None = None, su
     return info
 
 
-def run(pipeline: Pipeline, argv=None, workers: dict | None = None) -> dict:
-    """The main of a one-dataset pipeline script: config from the command line, the plan built and
-    checked (a miswired column stops here, before Ray or any model), `prepare`, Ray, the plan on
-    the source, the write and its summary."""
-    cfg, out = parse_args(pipeline.description, pipeline.config, argv)
-    (plan,) = [p.check() for p in pipeline.plans(cfg, workers)]
-    with leased(out, [plan.schema.name], cfg):
-        if pipeline.prepare is not None:
-            pipeline.prepare(cfg)
-        start_ray(cfg)
+def run(spec, argv=None, workers: dict | None = None) -> dict:
+    """The main of a pipeline script: config from the command line, the plans built, checked and
+    ordered (a miswired column stops here, before Ray or any model), the leases, the tiny models,
+    Ray, then each plan in turn. Returns the last plan's dataset.json info."""
+    from runtime.plan import order
+    from runtime.roles import ensure_for
+
+    cfg, out = parse_args(spec.description, spec.config, argv)
+    plans = order(spec.plans(cfg, workers))
+    with leased(out, [p.schema.name for p in plans], cfg):
+        ensure_for(cfg)
+        start_ray(cfg, stage_modules(plans))
         with stop_on_failed_stage():
-            return write(plan.apply(pipeline.source(cfg, plan), out), out, plan, cfg)
+            return run_plans(spec, cfg, out, plans)
+
+
+def run_plans(spec, cfg: PipelineConfig, out: str, plans: list, log=print) -> dict:
+    """Each plan in order: before hooks, the plan on its source, the write, after hooks, the card."""
+    from runtime.card import write_card
+    from runtime.execute import on_ray
+    from runtime.plan import PlanError
+    from runtime.registry import get_output
+
+    values, info = {}, {}
+    for plan in plans:
+        for hook in plan.before_hooks:
+            got = hook.fn(out)
+            if set(got) != set(hook.provides):
+                raise PlanError(f"{plan.name}: before hook {hook.name!r} returned {sorted(got)}, not {sorted(hook.provides)}")
+            values.update(got)
+        ds, r = on_ray(plan, spec.source(cfg, plan, out), out, values={n: values[n] for n in plan.inputs}, log=log)
+        info = write(ds, out, plan, cfg)
+        values.update(r.gathered)
+        for hook in plan.after_hooks:
+            hook.fn(out, **{n: values[n] for n in hook.needs})
+        d = DatasetDir.open(dataset_uri(out, plan.schema.name), dataset=plan.schema.name)
+        info = d.read_info() or info
+        write_card(d, get_output(plan.schema.name), info)
+    return info
 
 
 @contextlib.contextmanager
@@ -161,7 +184,6 @@ def leased(out: str, datasets: list[str], cfg: PipelineConfig):
     """Hold the lease of each dataset folder for the whole run (runtime/lease.py); a folder that
     another live run writes stops this one at once, exit code 1, one line naming the holder."""
     from runtime.lease import Lease, LeaseHeld
-    from schemas.store import DatasetDir
 
     held = []
     try:

@@ -1,30 +1,37 @@
-"""A pipeline's DAG as one Plan: Steps in order, each with the columns it reads and writes.
+"""A pipeline's DAG as one Plan per output dataset: a declaration, checked before anything runs.
 
-    steps = Plan("dip", cfg, WORKERS, SCHEMA, source=("key", "input", "prompt", ...))
+    steps = Plan("dip", cfg, SCHEMA, source=("key", "input", "prompt", ...))
     steps.cpu("positive_gate", partial(dip.positive_gate, min_score=9, qa=True))   # declared by @step
     steps.model("caption", "vlm", images=["crops"], prompt="caption_prompts", output="caption_raw")
     steps.check()          # before Ray starts: every read is written upstream, the schema is complete
-    ds = steps.apply(source_dataset, out)
 
 A CPU step's columns come from its function's `@step(...)` declaration (plus any the pipeline adds
 for a configured function, e.g. the manifest fields of `finalize`); a model step's come from its
-worker's arguments (`Worker.columns`). `check` also decides where each temporary column is
-dropped: right after the last step that reads it, unless the dataset's schema stores it.
+worker's arguments (`Worker.columns`), its worker from the role registry (runtime/roles.py).
+`check` also decides where each temporary column is dropped: right after the last step that reads
+it, unless the dataset's schema stores it. Once checked a Plan does not change: what a run learns
+(gathered values, barriers, the pools' split) lives in its Run (runtime/execute.py), and the
+executors there run the steps (runtime/steps.py: one class per kind of step).
+
+A pipeline with several outputs declares one plan per output and their order: `depends` names the
+plans whose gathered values this one takes as `inputs`, `before` reads values from the output
+folder before the plan runs, `after` writes what is not a shard once its dataset is committed
+(MultiID's bank files, its split record). The driver runs every plan the same way.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterable
 
-from runtime.pools import shortfall
-from runtime.rows import each, rows_of, run_step
+from runtime.steps import CPU_BATCH_SIZE, Batch, Cpu, Gather, Model, Resume, Step
 from schemas.contract import REJECT_COLUMNS, TIMING_PREFIX, DatasetSchema
 
 ALWAYS = ("key", "input")  # every row has them; rejects keep them
-CPU_BATCH_SIZE = 8
+__all__ = ["ALWAYS", "CPU_BATCH_SIZE", "Columns", "Hook", "Plan", "PlanError", "SchemaColumns", "columns_of",
+           "order", "step"]
 
 
 class PlanError(ValueError):
@@ -59,31 +66,6 @@ def columns_of(fn) -> Columns:
     return cols
 
 
-@dataclass
-class Step:
-    """One stage of the DAG. kind: cpu (a row function, as tasks), batch (a function on the list of
-    a batch's live rows, as tasks), model (a worker class on an actor pool), gather (a function on
-    the driver over every live row's `reads`, returning named values for later steps: a barrier),
-    resume (drops rows whose key is already committed)."""
-
-    name: str
-    kind: str
-    reads: tuple[str, ...] = ()
-    writes: tuple[str, ...] = ()
-    optional: tuple[str, ...] = ()
-    rejects: tuple[str, ...] = ()
-    fn: Callable | None = None
-    role: str | None = None
-    cls: type | None = None
-    spec: object = None
-    kwargs: dict = field(default_factory=dict)
-    needs: tuple[str, ...] = ()  # gathered values passed to fn as keyword arguments
-    provides: tuple[str, ...] = ()  # gather: the names of the values it returns
-    batch_size: int = CPU_BATCH_SIZE  # rows per CPU task batch
-    drop: tuple[str, ...] = ()  # set by Plan.check
-    last: bool = False  # set by Plan.check: keeps only the schema's columns
-
-
 def _matches(column: str, names: Iterable[str]) -> bool:
     return any(column == n or ("*" in n and fnmatch.fnmatchcase(column, n)) or
                ("*" in column and fnmatch.fnmatchcase(n, column)) for n in names)
@@ -105,76 +87,127 @@ class SchemaColumns:
         return column.startswith(TIMING_PREFIX) or _matches(column, self.names)
 
 
-class Plan:
-    """The Steps of one output dataset in DAG order. `workers` maps a model role to its worker
-    class (the pipeline's classes, or a test's doubles); a role's ModelSpec is the config field of
-    the same name."""
+@dataclass(frozen=True)
+class Hook:
+    """A driver step around a plan: `before` hooks run fn(out) -> dict of `provides` before the
+    source is read; `after` hooks run fn(out, **needs) once the plan's dataset is committed."""
 
-    def __init__(self, name: str, cfg, workers: dict, schema: DatasetSchema, source: Iterable[str],
-                 inputs: Iterable[str] = (), shard_by: str | None = None):
-        """source: the columns of the source rows; inputs: values the driver passes to `apply`
-        (e.g. MultiID's bank centers for the group photos) that steps take with `needs`;
+    name: str
+    fn: Callable
+    needs: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+
+
+class Plan:
+    """The Steps of one output dataset in DAG order. A model step's worker is its role's
+    (runtime/roles.py); `workers` replaces a role's class (tests' doubles, simulated
+    accelerators); a role's ModelSpec is the config field of the same name."""
+
+    def __init__(self, name: str, cfg, schema: DatasetSchema, *, source: Iterable[str], inputs: Iterable[str] = (),
+                 shard_by: str | None = None, depends: Iterable[str] = (), workers: dict | None = None):
+        """source: the columns of the source rows; inputs: values the plan takes from the plans it
+        `depends` on (their gathers) or from its `before` hooks, which steps take with `needs`;
         shard_by: a manifest column whose values the writer keeps in separate shards."""
-        self.name, self.cfg, self.workers, self.schema = name, cfg, workers, schema
+        self.name, self.cfg, self.schema = name, cfg, schema
+        self.workers = dict(workers or {})
         self.shard_by = shard_by
-        self.source, self.inputs = tuple(source), tuple(inputs)
-        self.steps: list[Step] = []
-        self.gathered: dict = {}  # what the gather steps of the last apply returned
-        self.barriers: dict = {}  # per gather of the last apply: the columns its materialized rows held
+        self.source, self.inputs, self.depends = tuple(source), tuple(inputs), tuple(depends)
+        self._steps: list[Step] = []
+        self.before_hooks: list[Hook] = []
+        self.after_hooks: list[Hook] = []
         self.checked = False
-        self.configured: dict = {}  # model step -> its ModelSpec as the config gave it (before pools: auto)
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return tuple(self._steps)
 
     # building --------------------------------------------------------------------------------
     def _add(self, s: Step) -> None:
-        if any(x.name == s.name for x in self.steps):
+        if self.checked:
+            raise PlanError(f"{self.name}: the plan is checked; step {s.name!r} comes too late")
+        if any(x.name == s.name for x in self._steps):
             raise PlanError(f"{self.name}: two steps named {s.name!r}")
-        self.steps.append(s)
-        self.checked = False
+        self._steps.append(s)
 
     def cpu(self, name: str, fn: Callable[[dict], dict], *, reads=(), writes=(), optional=(), rejects=(),
-            needs=(), kind: str = "cpu", batch_size: int = CPU_BATCH_SIZE) -> None:
-        """A function of one row (kind cpu) or of the batch's live rows (kind batch) as CPU tasks.
-        Its columns are its @step declaration plus the ones given here."""
-        c = columns_of(fn)
-        self._add(Step(name, kind, reads=c.reads + tuple(reads), writes=c.writes + tuple(writes),
-                       optional=c.optional + tuple(optional), rejects=c.rejects + tuple(rejects), fn=fn,
-                       needs=tuple(needs), batch_size=batch_size))
+            needs=(), batch_size: int = CPU_BATCH_SIZE) -> None:
+        """A function of one row as CPU tasks. Its columns are its @step declaration plus the ones
+        given here."""
+        self._add(self._cpu(Cpu, name, fn, reads, writes, optional, rejects, needs, batch_size))
 
-    def batch(self, name: str, fn: Callable[[list[dict]], list], **kw) -> None:
-        self.cpu(name, fn, kind="batch", **kw)
+    def batch(self, name: str, fn: Callable[[list[dict]], list], *, reads=(), writes=(), optional=(), rejects=(),
+              needs=(), batch_size: int = CPU_BATCH_SIZE) -> None:
+        """A function of a batch's live rows (a list of dicts) as CPU tasks."""
+        self._add(self._cpu(Batch, name, fn, reads, writes, optional, rejects, needs, batch_size))
+
+    @staticmethod
+    def _cpu(kind, name, fn, reads, writes, optional, rejects, needs, batch_size) -> Step:
+        c = columns_of(fn)
+        return kind(name, reads=c.reads + tuple(reads), writes=c.writes + tuple(writes),
+                    optional=c.optional + tuple(optional), rejects=c.rejects + tuple(rejects), needs=tuple(needs),
+                    fn=fn, batch_size=batch_size)
 
     def model(self, name: str, role: str, **kwargs) -> None:
         """A model worker of `role` on its actor pool; its columns come from its arguments."""
-        if role not in self.workers:
-            raise PlanError(f"{self.name}: step {name!r}: no worker for role {role!r} (known: {sorted(self.workers)})")
-        cls, spec = self.workers[role], getattr(self.cfg, role, None)
-        if spec is None:
-            raise PlanError(f"{self.name}: step {name!r}: the config has no model spec {role!r}")
+        from runtime.roles import RoleError, get_role
+
+        cls = self.workers.get(role)
+        if cls is None:
+            try:
+                cls = get_role(role).worker
+            except RoleError as e:
+                raise PlanError(f"{self.name}: step {name!r}: {e}") from None
+            if cls is None:
+                raise PlanError(f"{self.name}: step {name!r}: role {role!r} has no worker class")
+        spec = getattr(self.cfg, role, None)
+        if spec is None or not hasattr(spec, "concurrency"):
+            raise PlanError(f"{self.name}: step {name!r}: the config ({type(self.cfg).__name__}) has no model "
+                            f"spec field {role!r}")
         unknown = sorted(set(kwargs) - cls.arguments())
         if unknown:
             raise PlanError(f"{self.name}: step {name!r}: {cls.__name__} takes no argument(s) {unknown}")
         reads, writes = cls.columns(**kwargs)
-        self._add(Step(name, "model", reads=tuple(reads), writes=tuple(writes), rejects=tuple(cls.rejects),
-                       role=role, cls=cls, spec=spec, kwargs=kwargs))
+        self._add(Model(name, reads=tuple(reads), writes=tuple(writes), rejects=tuple(cls.rejects), role=role,
+                        cls=cls, spec=spec, kwargs=dict(kwargs)))
 
     def gather(self, name: str, fn: Callable[..., dict], *, reads: Iterable[str], provides: Iterable[str],
                needs: Iterable[str] = ()) -> None:
         """A barrier: every row up to here is computed, `fn(live rows with only `reads`, **needs)`
-        runs on the driver and returns the values `provides` names; later steps take them with
-        `needs`. Only the columns read travel to the driver, never the images."""
-        self._add(Step(name, "gather", reads=tuple(reads), fn=fn, provides=tuple(provides), needs=tuple(needs)))
+        runs on the driver and returns the values `provides` names; later steps (and the plans
+        that depend on this one) take them with `needs`. Only the columns read travel to the
+        driver, never the images."""
+        self._add(Gather(name, reads=tuple(reads), fn=fn, provides=tuple(provides), needs=tuple(needs)))
 
     def resume(self, name: str = "resume") -> None:
         """Drop rows whose key this dataset already has as a sample or a reject."""
-        self._add(Step(name, "resume", reads=("key",)))
+        self._add(Resume(name, reads=("key",)))
+
+    def before(self, name: str, fn: Callable[[str], dict], *, provides: Iterable[str]) -> None:
+        """fn(out) -> values read from the output folder before the plan runs."""
+        if self.checked:
+            raise PlanError(f"{self.name}: the plan is checked; hook {name!r} comes too late")
+        self.before_hooks.append(Hook(name, fn, provides=tuple(provides)))
+
+    def after(self, name: str, fn: Callable[..., None], *, needs: Iterable[str] = ()) -> None:
+        """fn(out, **needs) once the plan's dataset is committed (files beside the shards)."""
+        if self.checked:
+            raise PlanError(f"{self.name}: the plan is checked; hook {name!r} comes too late")
+        self.after_hooks.append(Hook(name, fn, needs=tuple(needs)))
 
     # checking --------------------------------------------------------------------------------
     def check(self) -> "Plan":
         """Every column a step reads is written upstream (or by the source), every value it needs
-        is gathered upstream, and every member the schema requires exists at the end. Then each
-        step learns what to drop after it. Raises PlanError naming the step and the column."""
-        have, provided = list(ALWAYS) + list(self.source), set(self.inputs)
-        for s in self.steps:
+        is gathered upstream or is one of the plan's inputs, every model role declares a cost, a
+        builder and a config field, and every member the schema requires exists at the end. Then
+        each step learns what to drop after it, and the plan is frozen. Raises PlanError naming the
+        step and the column. (That the plans it depends on provide its inputs: `order`.)"""
+        if self.checked:
+            return self
+        from runtime.roles import ROLES
+
+        mine = {n for h in self.before_hooks for n in h.provides}
+        have, provided = list(ALWAYS) + list(self.source), set(self.inputs) | mine
+        for s in self._steps:
             for c in s.reads:
                 if not _matches(c, have):
                     raise PlanError(f"{self.name}: step {s.name!r} reads column {c!r}, which no step before it "
@@ -183,51 +216,35 @@ class Plan:
                 if n not in provided:
                     raise PlanError(f"{self.name}: step {s.name!r} needs {n!r}, which no gather step before it "
                                     f"provides and the plan's inputs do not have")
+            if isinstance(s, Model) and s.role not in self.workers:
+                problems = ROLES[s.role].problems() if s.role in ROLES else ["no declaration"]
+                if problems:
+                    raise PlanError(f"{self.name}: step {s.name!r}: model role {s.role!r} declares "
+                                    f"{' and '.join(problems)} (runtime/roles.py)")
             have += s.writes
             provided |= set(s.provides)
+        for h in self.after_hooks:
+            missing = [n for n in h.needs if n not in provided]
+            if missing:
+                raise PlanError(f"{self.name}: after hook {h.name!r} needs {missing}, which no step provides")
         required = [m.name for m in self.schema.members if m.required and not m.family and m.name != "json"]
         for c in required:
             if not _matches(c, have):
                 raise PlanError(f"{self.name}: the {self.schema.name} schema requires member {c!r}, which no step writes")
-        keep = SchemaColumns.of(self.schema)
-        last_use: dict[str, int] = {c: 0 for c in self.source}
-        dead: list[tuple[str, int, int]] = []  # (column, last use, the step that writes it anew)
-        for i, s in enumerate(self.steps):
-            for c in s.reads + s.optional:
-                for known in [k for k in last_use if _matches(k, [c])] or [c]:
-                    last_use[known] = i
-            for c in s.writes:
-                if c in last_use and last_use[c] < i and c not in ALWAYS and "*" not in c:
-                    dead.append((c, last_use[c], i))  # written again, unread since: the old value is dead
-                last_use[c] = i
-        for s in self.steps:
-            s.drop, s.last = (), False
-
-        def drop_after(c: str, i: int, before: int) -> None:
-            target = next((j for j, s in enumerate(self.steps) if j >= i and s.kind not in ("gather", "resume")), None)
-            if target is not None and target < before:
-                self.steps[target].drop += (c,)
-
-        for c, i in last_use.items():
-            if not keep(c) and c not in ALWAYS:
-                drop_after(c, i, len(self.steps))
-        # A column a later step writes again is dropped in between even when the schema stores
-        # it: MultiID's decoded image does not travel through a gather's barrier, it is decoded
-        # again after it.
-        for c, i, rewrite in dead:
-            drop_after(c, i, rewrite)
-        if self.steps and self.steps[-1].kind not in ("gather", "resume"):
-            self.steps[-1].last = True  # the final step keeps only what the schema stores
+        self._steps = _with_drops(self._steps, self.source, SchemaColumns.of(self.schema))
         self.checked = True
         return self
+
+    def provides(self) -> set[str]:
+        """The values this plan's gathers and before hooks provide to the plans after it."""
+        return {n for s in self._steps for n in s.provides} | {n for h in self.before_hooks for n in h.provides}
 
     def columns_at(self, name: str) -> set[str]:
         """The columns a row has when step `name` runs (after the drops of the steps before it):
         what a gather's barrier materializes."""
-        if not self.checked:
-            self.check()
+        self.check()
         have = set(ALWAYS) | set(self.source)
-        for s in self.steps:
+        for s in self._steps:
             if s.name == name:
                 return have
             have = (have | set(s.writes)) - set(s.drop)
@@ -236,217 +253,98 @@ class Plan:
     @property
     def stage_names(self) -> list[str]:
         """The stages of the run summary, in DAG order (gather and resume do no per-row work)."""
-        return [s.name for s in self.steps if s.kind not in ("gather", "resume")]
+        return [s.name for s in self._steps if s.per_row]
+
+    @property
+    def model_steps(self) -> list[Model]:
+        return [s for s in self._steps if isinstance(s, Model)]
 
     def unwritten_manifest_columns(self) -> list[str]:
         """Manifest columns no step and no source column provides: always null in this config."""
-        have = list(ALWAYS) + list(self.source) + [c for s in self.steps for c in s.writes] + ["shard"]
+        have = list(ALWAYS) + list(self.source) + [c for s in self._steps for c in s.writes] + ["shard"]
         return [c for c in self.schema.manifest_schema.names if not _matches(c, have)]
 
-    # running ---------------------------------------------------------------------------------
-    def apply(self, ds, out: str, values: dict | None = None, log=print):
-        """The steps as Ray Data stages: CPU steps as tasks (GPU actors never wait on them), model
-        steps on fixed-size actor pools, gathers on the driver, resume before any model work.
-        `values`: the plan's inputs."""
-        import ray
-
-        if not self.checked:
-            self.check()
-        values = dict(values or {})
-        missing = set(self.inputs) - set(values)
-        if missing:
-            raise PlanError(f"{self.name}: apply needs the inputs {sorted(missing)}")
-        cluster = ray.cluster_resources()
-        auto = getattr(self.cfg, "pools", "fixed") == "auto"
-        if auto:
-            self.size_pools(cluster.get("GPU", 0.0), log)
-        short = shortfall(self, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0))
-        if short and auto:  # sized for this cluster: it would wait forever
-            raise PlanError(f"{short}; pools: auto cannot fit them (raise ray CPUs or lower num_cpus)")
-        if short:  # an autoscaler may add nodes; without one the run waits forever
-            log(f"warning: {short}: the run waits until the cluster grows")
-        for s in self.steps:
-            for res, amount in (s.spec.resources.items() if s.kind == "model" else ()):
-                if cluster.get(res, 0.0) < amount * s.spec.concurrency - 1e-9:
-                    log(f"warning: {self.name}: {s.name} needs {amount * s.spec.concurrency:g} {res}, the cluster has "
-                        f"{cluster.get(res, 0.0):g}: its actors wait until a node offers it")
-        keep = SchemaColumns.of(self.schema)
-        refs = {k: ray.put(v) for k, v in values.items()}
-        self.gathered, self.barriers = {}, {}
-        for s in self.steps:
-            if s.kind == "resume":
-                ds, done = drop_committed(ds, out, self.schema.name)
-                log(f"{self.name}: {done} keys already committed")
-            elif s.kind == "gather":
-                ds = ds.materialize()
-                # what the barrier holds, for the log and tests: columns a later step writes
-                # again (a decoded image) were dropped before it
-                held = ds.schema()  # None when nothing is left (a rerun of a finished run)
-                self.barriers[s.name] = [c for c in (held.names if held else []) if not c.startswith(TIMING_PREFIX)]
-                log(f"{self.name}: {s.name} holds {ds.count()} rows of {', '.join(self.barriers[s.name])}")
-                got = s.fn(live_rows(ds, s.reads), **{n: values[n] for n in s.needs})
-                if set(got) != set(s.provides):
-                    raise PlanError(f"{self.name}: gather {s.name!r} returned {sorted(got)}, not {sorted(s.provides)}")
-                values.update(got)
-                self.gathered.update(got)
-                refs.update({k: ray.put(v) for k, v in got.items()})
-            elif s.kind == "model":
-                # blocks of one batch: a pool of k actors then gets k bundles, where a block of a
-                # 16-row VLM batch would keep one FLUX Fill actor busy for 4 batches and two idle
-                ds = ds.repartition(target_num_rows_per_block=s.spec.batch_size)
-                ds = ds.map_batches(s.cls, batch_format="pyarrow", **pool_args(
-                    s.spec, stage=s.name, drop=s.drop, keep=keep if s.last else None, **s.kwargs))
-            else:
-                task = cpu_task(s, keep if s.last else None, {n: refs[n] for n in s.needs})
-                ds = ds.map_batches(task, batch_size=s.batch_size, batch_format="pyarrow")
-        return ds
-
-    def size_pools(self, gpus: float, log=print) -> dict:
-        """pools: auto: each GPU step's actors and GPU share from the cost table, for a cluster of
-        `gpus` GPUs (runtime/pools.py); the split and its bound go to `log`."""
-        from runtime.costs import load_costs
-        from runtime.pools import apply_split, auto_split, describe_split
-
-        costs = load_costs(getattr(self.cfg, "cost_table", None))
-        unknown = sorted({s.role for s in self.steps if s.kind == "model" and s.role not in costs})
-        if unknown:
-            raise PlanError(f"{self.name}: pools: auto: the cost table has no role(s) {unknown}")
-        split = auto_split(self, gpus, costs)
-        self.configured = self.configured or {s.name: s.spec for s in self.steps if s.kind == "model"}
-        apply_split(self, split, self.configured)
-        log(describe_split(self, split, gpus, costs))
-        return split
-
-    def run_local(self, rows: list[dict], values: dict | None = None, seconds: dict | None = None,
-                  loads: dict | None = None) -> list[dict]:
-        """The same steps in this process, one after another over lists of rows (no Ray, nothing
-        committed, so resume keeps every row): benchmarks/pipelines.py's bare loop. `seconds` and
-        `loads` collect per-step work and model load time when given."""
-        from runtime.rows import batch_of
-
-        if not self.checked:
-            self.check()
-        values, keep = dict(values or {}), SchemaColumns.of(self.schema)
-        seconds = {} if seconds is None else seconds
-        loads = {} if loads is None else loads
-        for s in self.steps:
-            t0 = time.perf_counter()
-            if s.kind == "gather":
-                values.update(s.fn([{c: r[c] for c in s.reads if c in r} for r in rows if not r.get("reject_reason")],
-                                   **{n: values[n] for n in s.needs}))
-            if s.kind != "model":
-                fn = None if s.kind in ("gather", "resume") else partial(
-                    _run_local_cpu, s, {n: values[n] for n in s.needs}, keep if s.last else None)
-                size = s.batch_size
-            else:
-                worker = s.cls(model=s.spec.model, dtype=s.spec.dtype, stage=s.name, drop=s.drop,
-                               keep=keep if s.last else None, **s.kwargs)
-                loads[s.name] = time.perf_counter() - t0
-                t0, fn, size = time.perf_counter(), worker, s.spec.batch_size
-            if fn is not None:
-                rows = [r for i in range(0, len(rows), size) for r in rows_of(fn(batch_of(rows[i:i + size])))]
-            seconds[s.name] = seconds.get(s.name, 0.0) + time.perf_counter() - t0
-        return rows
-
     # showing ---------------------------------------------------------------------------------
-    def describe(self) -> str:
+    def describe(self, specs: dict | None = None) -> str:
         """The DAG as `subjectforge plan` prints it: per step its kind and resources, the columns
-        it reads and writes, the rejects it can produce."""
-        if not self.checked:
-            self.check()
-        lines = [f"{self.name} -> {self.schema.name}: {len(self.steps)} steps",
+        it reads and writes, the rejects it can produce. `specs`: model step -> the ModelSpec a
+        run would give it (pools: auto), else the config's."""
+        self.check()
+        lines = [f"{self.name} -> {self.schema.name}: {len(self._steps)} steps",
                  f"  source: {', '.join(self.source)}"]
+        if self.depends:
+            lines.append(f"  after: {', '.join(self.depends)}")
         if self.inputs:
             lines.append(f"  inputs: {', '.join(self.inputs)}")
-        for i, s in enumerate(self.steps, 1):
-            lines.append(f"  {i:>2}. {s.name:<18} {kind_of(s)}")
+        for h in self.before_hooks:
+            lines.append(f"  before: {h.name} (from the output folder: {', '.join(h.provides)})")
+        for i, s in enumerate(self._steps, 1):
+            lines.append(f"  {i:>2}. {s.name:<18} {s.describe((specs or {}).get(s.name))}")
             for label, cols in (("reads", s.reads + tuple(f"{c}?" for c in s.optional)), ("writes", s.writes),
                                 ("needs", s.needs), ("provides", s.provides), ("rejects", s.rejects),
                                 ("drops", s.drop)):
                 if cols:
                     lines.append(f"      {label:<8} {', '.join(cols)}")
+        for h in self.after_hooks:
+            lines.append(f"  after the write: {h.name}" + (f" (needs {', '.join(h.needs)})" if h.needs else ""))
         unwritten = self.unwritten_manifest_columns()
         if unwritten:
             lines.append(f"  manifest columns no step writes here (null): {', '.join(unwritten)}")
         return "\n".join(lines)
 
 
-def kind_of(s: Step) -> str:
-    if s.kind == "model":
-        spec = s.spec
-        gpus = f", {spec.num_gpus:g} GPU" if spec.num_gpus else ""
-        gpus += "".join(f", {v:g} {k}" for k, v in spec.resources.items())
-        return (f"model {s.role}: {s.cls.__name__} x{spec.concurrency} actor(s), {spec.num_cpus:g} CPU{gpus}, "
-                f"batch {spec.batch_size}, {spec.model}")
-    return {"cpu": "cpu: row function, tasks", "batch": "cpu: batch function, tasks",
-            "gather": "driver: gathers every live row (barrier)", "resume": "resume: drops committed keys"}[s.kind]
+def _with_drops(steps: list[Step], source: tuple[str, ...], keep: SchemaColumns) -> list[Step]:
+    """The steps with `drop` (the columns nothing after them reads) and `last` (the final step
+    keeps only what the schema stores) set."""
+    last_use: dict[str, int] = {c: 0 for c in source}
+    dead: list[tuple[str, int, int]] = []  # (column, last use, the step that writes it anew)
+    for i, s in enumerate(steps):
+        for c in s.reads + s.optional:
+            for known in [k for k in last_use if _matches(k, [c])] or [c]:
+                last_use[known] = i
+        for c in s.writes:
+            if c in last_use and last_use[c] < i and c not in ALWAYS and "*" not in c:
+                dead.append((c, last_use[c], i))  # written again, unread since: the old value is dead
+            last_use[c] = i
+    drops: list[tuple[str, ...]] = [() for _ in steps]
+
+    def drop_after(c: str, i: int, before: int) -> None:
+        target = next((j for j, s in enumerate(steps) if j >= i and s.per_row), None)
+        if target is not None and target < before:
+            drops[target] += (c,)
+
+    for c, i in last_use.items():
+        if not keep(c) and c not in ALWAYS:
+            drop_after(c, i, len(steps))
+    # A column a later step writes again is dropped in between even when the schema stores it:
+    # MultiID's decoded image does not travel through a gather's barrier, it is decoded again after it.
+    for c, i, rewrite in dead:
+        drop_after(c, i, rewrite)
+    last = len(steps) - 1 if steps and steps[-1].per_row else None
+    return [dataclasses.replace(s, drop=drops[i], last=i == last) for i, s in enumerate(steps)]
 
 
-def _run_local_cpu(s: Step, needs: dict, keep, batch):
-    fn = partial(s.fn, **needs) if needs else s.fn
-    return run_step(s.name, batch, each(fn) if s.kind == "cpu" else fn, s.writes, s.drop, keep)
-
-
-def cpu_task(s: Step, keep, needs: dict) -> Callable:
-    """A CPU step as the function of its Ray tasks, named after the step (Ray Data names the
-    operator, its progress bar and its logs after it). `needs`: object refs of gathered values."""
-    name, kind, fn, writes, drop = s.name, s.kind, s.fn, s.writes, s.drop
-
-    def task(batch):
-        f = fn
-        if needs:
-            import ray
-
-            f = partial(fn, **{k: ray.get(v) for k, v in needs.items()})
-        return run_step(name, batch, each(f) if kind == "cpu" else f, writes, drop, keep)
-
-    task.__name__ = task.__qualname__ = name
-    return task
-
-
-def pool_args(spec, **kwargs) -> dict:
-    """map_batches arguments for a worker from its ModelSpec. The pool has a fixed size so that
-    every GPU actor starts at once (Ray Data otherwise adds GPU actors one at a time)."""
-    import ray
-
-    args = {
-        "fn_constructor_kwargs": {"model": spec.model, "dtype": spec.dtype, "retries": spec.retries, **kwargs},
-        "batch_size": spec.batch_size,
-        "num_gpus": spec.num_gpus or None,
-        "num_cpus": spec.num_cpus,
-        "compute": ray.data.ActorPoolStrategy(size=spec.concurrency),
-        "zero_copy_batch": True,
-    }
-    if spec.resources:
-        args["resources"] = dict(spec.resources)
-    return args
-
-
-def live_rows(ds, columns: Iterable[str]) -> list[dict]:
-    """Every live row of a (materialized) dataset, with only `columns`: what a gather sees."""
-    columns = list(columns)
-    out = []
-    for b in ds.iter_batches(batch_format="pyarrow", batch_size=4096):
-        if "reject_reason" in b.column_names:
-            b = b.filter(b["reject_reason"].is_null())
-        out += rows_of(b.select([c for c in columns if c in b.column_names]))
-    return out
-
-
-def drop_committed(ds, out: str, dataset: str):
-    """Resume: drop source rows whose key is already a sample or a reject, before any model work."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import ray
-
-    from schemas.store import DatasetDir
-
-    done = DatasetDir.open(out.rstrip("/") + "/" + dataset, dataset=dataset).committed_keys()
-    if not done:
-        return ds, 0
-    done_ref = ray.put(pa.array(sorted(done), pa.string()))
-
-    def keep_new(batch: pa.Table) -> pa.Table:
-        return batch.filter(pc.invert(pc.is_in(batch["key"], value_set=ray.get(done_ref))))
-
-    return ds.map_batches(keep_new, batch_format="pyarrow"), len(done)
+def order(plans: list[Plan]) -> list[Plan]:
+    """A pipeline's plans checked together, in an order where each comes after the plans it
+    depends on: what each plan's inputs need must be provided by those plans' gathers or by its
+    own before hooks."""
+    by_name = {p.name: p for p in plans}
+    done: list[Plan] = []
+    provided: dict[str, set[str]] = {}
+    pending = list(plans)
+    while pending:
+        ready = [p for p in pending if all(d in provided for d in p.depends)]
+        if not ready:
+            unknown = sorted({d for p in pending for d in p.depends if d not in by_name})
+            raise PlanError(f"plans {[p.name for p in pending]} depend on "
+                            + (f"unknown plan(s) {unknown}" if unknown else "each other (a cycle)"))
+        for p in ready:
+            given = set().union(*[provided[d] for d in p.depends]) | {n for h in p.before_hooks for n in h.provides}
+            missing = [n for n in p.inputs if n not in given]
+            if missing:
+                raise PlanError(f"{p.name}: inputs {missing} are provided by no plan it depends on "
+                                f"({', '.join(p.depends) or 'none'}) and no before hook")
+            provided[p.name] = p.check().provides()
+            done.append(p)
+            pending.remove(p)
+    return done

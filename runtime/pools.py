@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 from runtime.costs import Cost
+from runtime.steps import Gather, Model
 
 SHARES = (1.0, 0.5, 0.25, 0.125, 0.0625)  # a GPU actor's share of one device
 # pools: auto gives a light pool spare GPUs up to this multiple of its segment's rate: at twice the
@@ -48,16 +49,17 @@ def segments(plan) -> list[list]:
     """The plan's model steps, cut at its gather steps (barriers)."""
     out, current = [], []
     for s in plan.steps:
-        if s.kind == "gather":
+        if isinstance(s, Gather):
             out.append(current)
             current = []
-        elif s.kind == "model":
+        elif isinstance(s, Model):
             current.append(s)
     return [seg for seg in out + [current] if seg]
 
 
-def pool_of(s) -> Pool:
-    return Pool(s.name, s.role, s.spec.concurrency, s.spec.num_gpus, s.spec.batch_size)
+def pool_of(s, spec=None) -> Pool:
+    spec = spec or s.spec
+    return Pool(s.name, s.role, spec.concurrency, spec.num_gpus, spec.batch_size)
 
 
 def capacity(pool: Pool, cost: Cost, step_args: dict) -> float:
@@ -80,12 +82,13 @@ class Bound:
         return 3600.0 / self.seconds_per_row if self.segments else float("inf")
 
 
-def bound(plan, costs: dict[str, Cost], pools: dict[str, Pool] | None = None) -> Bound:
-    """The plan's analytic throughput for its pools (default: the plan's own specs)."""
+def bound(plan, costs: dict[str, Cost], pools: dict[str, Pool] | None = None, specs: dict | None = None) -> Bound:
+    """The plan's analytic throughput for its pools (default: the run's `specs`, else the config's)."""
     caps, segs = {}, []
     for seg in segments(plan):
         for s in seg:
-            caps[s.name] = capacity((pools or {}).get(s.name) or pool_of(s), costs[s.role], s.kwargs)
+            pool = (pools or {}).get(s.name) or pool_of(s, (specs or {}).get(s.name))
+            caps[s.name] = capacity(pool, costs[s.role], s.kwargs)
         slowest = min(seg, key=lambda s: caps[s.name])
         segs.append(([s.name for s in seg], caps[slowest.name], slowest.name))
     return Bound(caps, segs)
@@ -172,26 +175,42 @@ def _highest(fits, lo: float, hi: float) -> tuple[float, float]:
     return lo, hi
 
 
-def apply_split(plan, split: dict[str, Pool], base: dict | None = None) -> None:
-    """Give each step of the split its own ModelSpec with the split's actors and share, and CPUs
-    in proportion to the share (of `base`: the step's spec as configured)."""
-    for s in plan.steps:
-        if s.name in split:
-            p, spec = split[s.name], (base or {}).get(s.name, s.spec)
-            s.spec = spec.model_copy(update={"concurrency": p.actors, "num_gpus": p.gpus,
-                                             "num_cpus": spec.num_cpus * p.gpus})
+def split_specs(plan, split: dict[str, Pool]) -> dict:
+    """step -> its ModelSpec with the split's actors and share, and CPUs in proportion to the
+    share (of the spec as configured)."""
+    return {s.name: s.spec.model_copy(update={"concurrency": split[s.name].actors, "num_gpus": split[s.name].gpus,
+                                              "num_cpus": s.spec.num_cpus * split[s.name].gpus})
+            for s in plan.steps if s.name in split}
 
 
-def held(plan) -> list[tuple[list[str], float, float]]:
+def size_pools(plan, gpus: float, log=print, costs: dict[str, Cost] | None = None) -> dict:
+    """pools: auto: each GPU step's ModelSpec for a cluster of `gpus` GPUs, from the cost table
+    (the config's cost_table over the roles' own costs); the split and its bound go to `log`."""
+    from runtime.costs import load_costs
+
+    costs = costs or load_costs(getattr(plan.cfg, "cost_table", None))
+    unknown = sorted({s.role for s in plan.model_steps if s.role not in costs})
+    if unknown:
+        raise ValueError(f"{plan.name}: pools: auto: the cost table has no role(s) {unknown}")
+    split = auto_split(plan, gpus, costs)
+    log(describe_split(plan, split, gpus, costs))
+    return split_specs(plan, split)
+
+
+def held(plan, specs: dict | None = None) -> list[tuple[list[str], float, float]]:
     """Per segment: its model steps, and the CPUs and GPUs their actors hold together."""
-    return [([s.name for s in seg], sum(s.spec.concurrency * s.spec.num_cpus for s in seg),
-             sum(s.spec.concurrency * s.spec.num_gpus for s in seg)) for seg in segments(plan)]
+    out = []
+    for seg in segments(plan):
+        sp = [(specs or {}).get(s.name) or s.spec for s in seg]
+        out.append(([s.name for s in seg], sum(x.concurrency * x.num_cpus for x in sp),
+                    sum(x.concurrency * x.num_gpus for x in sp)))
+    return out
 
 
-def shortfall(plan, cpus: float, gpus: float) -> str | None:
+def shortfall(plan, cpus: float, gpus: float, specs: dict | None = None) -> str | None:
     """What a segment's pools hold beyond the cluster (CPUs: one must stay free for the CPU
     stages), said in one line; None when they fit. Fixed-size pools that do not fit never start."""
-    for steps, c, g in held(plan):
+    for steps, c, g in held(plan, specs):
         if c > cpus - 1 + 1e-9 or g > gpus + 1e-9:
             return (f"{plan.name}: the pools of {', '.join(steps)} hold {c:g} CPUs and {g:g} GPUs; the cluster has "
                     f"{cpus:g} CPUs (one kept for the CPU stages) and {gpus:g} GPUs")

@@ -6,7 +6,7 @@ import importlib
 
 _EXPORTS = {
     "DatasetSchema": "schemas.contract", "Member": "schemas.contract",
-    "SCHEMAS": "schemas.registry", "get_schema": "schemas.registry",
+    "get_schema": "schemas.registry",
     "load_manifest": "schemas.reader", "load_rejects": "schemas.reader", "read_samples": "schemas.reader",
     "validate": "schemas.validation",
 }

@@ -47,7 +47,7 @@ def record_run(out: DatasetDir, schema: DatasetSchema, run_id: str, started: flo
     else:
         runs = runs + [run]
     info = {
-        **previous,  # what others record here lives on: the bench split, takedowns (schemas/forget.py)
+        **previous,  # what others record here lives on: the bench split, takedowns (pipelines/multiid_forget.py)
         "dataset": schema.name,
         "schema_version": schema.version,
         "config": to_jsonable(config),
@@ -57,7 +57,7 @@ def record_run(out: DatasetDir, schema: DatasetSchema, run_id: str, started: flo
         "members": sorted(set(previous.get("members") or []).union(*(r["members"] for r in returns))),
         "runs": runs,
     }
-    out.write_info(info, schema)
+    out.write_info(info)
     return info
 
 

@@ -195,13 +195,10 @@ class DatasetDir:
         self.fs.move(tmp, final)
         _fsync(posixpath.dirname(final))
 
-    def write_info(self, info: dict, schema) -> None:
-        """dataset.json, then the dataset card (README.md) made from it (schema: the dataset's
-        DatasetSchema)."""
-        from schemas.card import card_text
-
+    def write_info(self, info: dict) -> None:
+        """dataset.json. (Its human side, the dataset card README.md, is written above the data
+        contract, from the dataset's spec: runtime/card.py.)"""
         self.write_bytes_atomic(self.sub("dataset.json"), json.dumps(info, indent=2).encode())
-        self.write_bytes_atomic(self.sub("README.md"), card_text(schema, info).encode())
 
     def write_bytes_atomic(self, final: str, data: bytes) -> None:
         tmp = self.tmp_path(final)

@@ -74,16 +74,16 @@ def random_sample(schema: DatasetSchema, key: str, rng: np.random.Generator, siz
 
 @step(reads=("index",), rejects=("poison",))  # writes the schema's columns (the plan declares them)
 def generate(row: dict, schema: DatasetSchema, seed: int, image_size: int, poison_every: int = 0,
-             work_seconds: float = 0.0) -> dict:
-    """A random sample of `schema` for input `index`. Every `poison_every`-th input is bad data by
-    construction: index % n == 1 is rejected here, index % n == 2 carries a NaN image that the
-    encode step rejects."""
+             work_seconds: float = 0.0, sample=random_sample) -> dict:
+    """A random sample of `schema` for input `index` (`sample`: the dataset spec's maker, e.g.
+    random_sample). Every `poison_every`-th input is bad data by construction: index % n == 1 is
+    rejected here, index % n == 2 carries a NaN image that the encode step rejects."""
     i = int(row["index"])
     if poison_every and i % poison_every == 1:
         raise Reject("poison", f"sample {i} is bad input by construction")
     time.sleep(work_seconds)  # simulated model time (fault and resume tests)
-    sample = random_sample(schema, row["key"], np.random.default_rng([seed, i]), image_size)
+    made = sample(schema, row["key"], np.random.default_rng([seed, i]), image_size)
     if poison_every and i % poison_every == 2:
         first_image = next(m.name for m in schema.members if m.kind == "image")
-        sample[first_image] = np.full((4, 4), np.nan)  # cannot be a JPEG: an encode reject
-    return dict(sample, input=row["input"])
+        made[first_image] = np.full((4, 4), np.nan)  # cannot be a JPEG: an encode reject
+    return dict(made, input=row["input"])

@@ -31,12 +31,17 @@ def synthetic_rows(dataset: str, n: int, seed: int = 0, size: int = 64, encode_i
 
 
 def write_rows(rows, out: str, dataset: str, **kw) -> dict:
+    """The rows through the real datasink, then the dataset card, as the driver writes them."""
     import ray
 
+    from runtime.card import write_card
+    from runtime.registry import get_output
+    from schemas.store import DatasetDir
     from schemas.writer import ShardDatasink
 
     sink = ShardDatasink(out, get_schema(dataset), **kw)
     ray.data.from_items(rows).write_datasink(sink)
+    write_card(DatasetDir.open(out, dataset=dataset, filesystem=kw.get("filesystem")), get_output(dataset), sink.summary)
     return sink.summary
 
 

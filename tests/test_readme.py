@@ -71,18 +71,20 @@ def readme_plan_tables() -> list[tuple[str, str, list[tuple[list[str], set[str]]
 def test_dag_tables_are_the_plans():
     """Every pipeline's DAG table lists its plan's steps in order (resume aside), and each row the
     exact rejects its steps declare."""
-    import importlib
-
     from runtime.config import load_config
+    from runtime.registry import datasets, get_dataset
+    from runtime.steps import Resume
 
     tables = readme_plan_tables()
-    assert sorted(t[0] for t in tables) == ["dip", "iapo", "multiid", "multiid bank", "uper"]
+    # one table per plan of every dataset's gpu profile
+    assert sorted(t[0] for t in tables) == sorted(
+        p.name for s in datasets().values() for p in s.plans(load_config(s.config, s.profiles["gpu"]), None))
     for name, config, rows in tables:
-        module = importlib.import_module(f"pipelines.{name.split()[0]}")
-        cfg = load_config(module.PIPELINE.config, ROOT / config)
-        (plan,) = [p for p in module.PIPELINE.plans(cfg, None) if p.name == name]
+        spec = get_dataset(name.split()[0])
+        cfg = load_config(spec.config, ROOT / config)
+        (plan,) = [p for p in spec.plans(cfg, None) if p.name == name]
         steps = {s.name: s for s in plan.check().steps}
-        assert [n for r, _ in rows for n in r] == [s for s in steps if steps[s].kind != "resume"], name
+        assert [n for r, _ in rows for n in r] == [s for s in steps if not isinstance(steps[s], Resume)], name
         for names, rejects in rows:
             declared = {x for n in names for x in steps[n].rejects}
             assert rejects == declared, f"{name} {names}: README {sorted(rejects)} != plan {sorted(declared)}"

@@ -11,6 +11,9 @@ Every dataset becomes the same few fields, at one square `size` so a batch stack
   first identity (from OUT/multiid_refs, read on demand), faces' 5-point landmarks and ArcFace
   embeddings, and the identity ids for the contrastive negatives. Only the train split by default.
 
+Which function makes a dataset's examples for an objective is the dataset's spec's (`examples`,
+runtime/registry.py): an objective trains on the datasets that declare it.
+
 A sample that cannot be used (a member missing, a mask whose size is not its image's) is skipped
 and counted by reason; training goes on.
 """
@@ -30,6 +33,7 @@ from PIL import Image
 
 from schemas.contract import decode_member
 from schemas.multiid import REFS_SCHEMA
+from schemas.multiid import SCHEMA as GROUPS_SCHEMA
 from schemas.reader import load_manifest, read_samples
 from schemas.registry import get_schema
 from schemas.store import DatasetDir
@@ -132,13 +136,9 @@ def multiid_example(s: dict, size: int, references: "References") -> dict:
             "identities": ids}
 
 
-EXAMPLES = {"dip": dip_example, "iapo": iapo_example, "uper": uper_example, "multiid": multiid_example}
-# ReFL's D_RL (seed 001, Alg. 1 line 13): (I_ref, P) only, the policy makes the image; the member
-# holding each dataset's reference (UPER's background-cleaned one), the only one decoded
-RL_REFERENCE = {"uper": "ref_clean", "dip": "ref"}
-
-
 def rl_example(s: dict, size: int, member: str) -> dict:
+    """ReFL's D_RL (seed 001, Alg. 1 line 13): (I_ref, P) only, the policy makes the image; `member`
+    holds the dataset's reference (UPER's background-cleaned one), the only one decoded."""
     (ref,) = need(s, member)
     return {"prompt": s["json"]["prompt"], "ref": square(ref, size)}
 
@@ -226,7 +226,7 @@ def negative_pool(multiid_dir: str) -> tuple[np.ndarray, np.ndarray]:
     """(identity ids, centers) the ID contrastive loss draws negatives from: bank/centers.npy row i
     is the identity of bank/bank.parquet row i (ids are hashes, not positions), without the
     held-out identities of MultiID-Bench (dataset.json), which training must never see."""
-    d = DatasetDir.open(multiid_dir, dataset="multiid")
+    d = DatasetDir.open(multiid_dir, dataset=GROUPS_SCHEMA.name)
     ids = pq.read_table(d.sub("bank", "bank.parquet"), filesystem=d.fs, columns=["identity_id"])["identity_id"]
     ids = ids.to_numpy().astype(np.int64)
     with d.fs.open_input_file(d.sub("bank", "centers.npy")) as f:
@@ -238,28 +238,41 @@ def negative_pool(multiid_dir: str) -> tuple[np.ndarray, np.ndarray]:
     return ids[keep], centers[keep]
 
 
-def examples(dataset_dir: str, size: int, *, manifest_query: str | None = None, split: str | None = "train",
-             shuffle: int = 0, seed: int = 0, epochs: int | None = None, skipped: Counter | None = None,
-             selected: dict | None = None, reference_cache: int = 512, prompts_only: bool = False):
-    """Examples from one dataset directory, over the rows `select` picks, epoch after epoch (None:
-    endless); `manifest_query` is a pandas query on its manifest (e.g. "category == 'animal'",
-    "rating >= 4"). Under torch.distributed each rank reads its own part of every epoch (the
-    reader splits shards by rank; `seed` must be the same on every rank), so no sample is seen
-    twice in an epoch and an endless stream never runs dry on one rank. `selected` is filled
-    with select's record of what was read. `prompts_only`: ReFL's prompt and reference
-    (RL_REFERENCE), no target."""
-    dataset = posixpath.basename(dataset_dir.rstrip("/"))
-    if prompts_only and dataset not in RL_REFERENCE:
-        raise ValueError(f"prompts and references come from {sorted(RL_REFERENCE)}, not {dataset}")
-    make = functools.partial(rl_example, member=RL_REFERENCE[dataset]) if prompts_only else EXAMPLES[dataset]
-    wanted = {RL_REFERENCE[dataset]} if prompts_only else None  # the undecoded members to decode
+def multiid_references(dataset_dir: str, options: dict) -> dict:
+    """MultiID's examples' context: the reference photos in OUT/multiid_refs beside OUT/multiid."""
+    refs = posixpath.join(posixpath.dirname(dataset_dir.rstrip("/")), REFS_SCHEMA.name)
+    return {"references": References(refs, cache_size=options.get("reference_cache", 512))}
+
+
+def example_maker(dataset: str, objective: str):
+    """The dataset's Example for an objective (its spec, runtime/registry.py); ValueError naming the
+    datasets the objective trains on when this one is not among them."""
+    from runtime.registry import get_output, trained_by
+
+    ex = get_output(dataset).examples.get(objective)
+    if ex is None:
+        raise ValueError(f"objective {objective} trains on {', '.join(trained_by(objective)) or 'no dataset'}, "
+                         f"not {dataset}")
+    return ex
+
+
+def examples(dataset_dir: str, size: int, *, objective: str, manifest_query: str | None = None,
+             split: str | None = "train", shuffle: int = 0, seed: int = 0, epochs: int | None = None,
+             skipped: Counter | None = None, selected: dict | None = None, reference_cache: int = 512):
+    """Examples of `objective` from one dataset directory (its spec's Example), over the rows
+    `select` picks, epoch after epoch (None: endless); `manifest_query` is a pandas query on its
+    manifest (e.g. "category == 'animal'", "rating >= 4"). Under torch.distributed each rank reads
+    its own part of every epoch (the reader splits shards by rank; `seed` must be the same on every
+    rank), so no sample is seen twice in an epoch and an endless stream never runs dry on one rank.
+    `selected` is filled with select's record of what was read."""
+    dataset = DatasetDir.open(dataset_dir).dataset
+    ex = example_maker(dataset, objective)
+    make = ex.make
+    wanted = set(ex.members) if ex.members is not None else None  # the undecoded members to decode
     manifest, info = select(dataset_dir, manifest_query, split)
     if selected is not None:
         selected.update(info)
-    extra = {}
-    if dataset == "multiid":
-        extra["references"] = References(posixpath.join(posixpath.dirname(dataset_dir.rstrip("/")), "multiid_refs"),
-                                         cache_size=reference_cache)
+    extra = ex.context(dataset_dir, {"reference_cache": reference_cache}) if ex.context else {}
     skipped = Counter() if skipped is None else skipped
     schema = get_schema(dataset)
     epoch = 0

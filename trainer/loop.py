@@ -17,18 +17,16 @@ import torch
 
 from configs import TrainConfig
 from trainer import objectives as obj
-from trainer.data import TOKEN_PX, collate, examples, negative_pool
+from schemas.store import DatasetDir
+from trainer.data import TOKEN_PX, collate, example_maker, examples, negative_pool
 from trainer.model import SubjectFlux, to_tensor
 
-# the dataset each objective reads
-OBJECTIVES = {"sft": ("uper", "multiid"), "dpo": ("dip", "iapo"), "focus_dpo": ("dip",), "iapo": ("iapo",),
-              "id": ("multiid",), "refl": ("uper", "dip")}  # refl: prompts and references only (Alg. 1's D_RL)
 
 
 def batches(cfg: TrainConfig, skipped: Counter | None = None, selected: dict | None = None):
     stream = examples(cfg.data, cfg.resolution, manifest_query=cfg.manifest_query, split=cfg.split,
                       shuffle=64 if not cfg.overfit else 0, seed=cfg.seed, skipped=skipped, selected=selected,
-                      reference_cache=cfg.reference_cache, prompts_only=cfg.objective == "refl")
+                      reference_cache=cfg.reference_cache, objective=cfg.objective)
     while True:
         items = [next(stream) for _ in range(cfg.batch_size)]
         yield collate(items)
@@ -177,9 +175,7 @@ def train(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1) -> dict:
 
 def fit(cfg: TrainConfig, out: str, rank: int = 0, world: int = 1) -> tuple[SubjectFlux, dict]:
     """train(), also returning the trained model."""
-    dataset = Path(cfg.data.rstrip("/")).name
-    if dataset not in OBJECTIVES[cfg.objective]:
-        raise ValueError(f"{cfg.objective} trains on {OBJECTIVES[cfg.objective]}, not {dataset}")
+    example_maker(DatasetDir.open(cfg.data).dataset, cfg.objective)  # the objective trains on this dataset
     torch.manual_seed(cfg.seed)
     device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
     # bf16 base weights on a GPU (FLUX.1-dev is 24 GB so, 48 in float32); peft keeps the LoRA in float32

@@ -18,6 +18,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from runtime.roles import Builder, Role, register
+
+# The reward models are roles without a pipeline worker: the registry builds their tiny models
+# (configs/train.tiny.yaml's reward_models point at out/tiny-models/<role>).
+register(Role("clip", None, Builder("builders.image_encoder", {"kind": "clip"}), None, None))  # R_text
+register(Role("hps", None, Builder("builders.hps", full=False), None, None))  # R_aes, open_clip's format
+
 # xswu/HPSv2's newest checkpoint: open_clip's ViT-H-14 state dict under "state_dict"
 HPS_CHECKPOINT, HPS_ARCH = "HPS_v2.1_compressed.pt", "ViT-H-14"
 

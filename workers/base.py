@@ -8,6 +8,8 @@ A worker is a step of a pipeline's Plan (runtime.plan):
 Subclasses declare which constructor arguments name the columns they read (`inputs`) and write
 (`outputs`), the rejects they can produce, and implement only `check(row)` (input validation,
 raising Reject) and `predict(rows) -> list[dict]` (one output dict per row, model work batched).
+A class that holds a role's model also declares the role (`role`, `builder`, `cost`, `simulated`)
+and registers itself with runtime.roles.register_worker: the plan finds it by the role's name.
 Every column argument defaults to a name that says what it is (`image`, `prompt`), never to one
 dataset's column: the pipeline wires its columns in its plan.
 """

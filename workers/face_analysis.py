@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.costs import Cost
+from runtime.roles import Builder, register_worker
 from workers.base import Worker, image_of
 
 
@@ -40,12 +42,40 @@ def model_pack_dir(model: str, root: str = "~/.insightface") -> Path:
                             "workers never download models")
 
 
+def simulated_face_analysis(w, row: dict) -> dict:
+    """A simulated accelerator's faces: the identities coded in the photo's top row
+    (workers/simulated.coded_photo), each face's embedding at FACE_COSINE to its identity's center."""
+    from workers.simulated import FACE_DIM, LANDMARKS, face_embedding, read_codes
+
+    rgb = image_of(row, w.args["image"])
+    h, width = rgb.shape[:2]
+    codes = read_codes(rgb)
+    n = len(codes)
+    rng = np.random.default_rng(int(rgb[h // 2].sum()))  # per photo, repeatable
+    side, step = max(width // 8, 36), width // 6  # faces side by side below the code row
+    x0 = (width // 12 + np.arange(n) * step).astype(np.float32)
+    y0 = np.full(n, h // 3, np.float32)
+    boxes = np.stack([x0, y0, x0 + side, y0 + side], 1).reshape(n, 4)
+    p = w.args["prefix"]
+    return {p + "face_boxes": boxes, p + "face_kps": boxes[:, None, :2] + side * LANDMARKS[None],
+            p + "det_scores": np.full(n, 0.9, np.float32),
+            p + "embeddings": np.stack([face_embedding(c, rng) for c in codes]).astype(np.float32) if n
+            else np.zeros((0, FACE_DIM), np.float32),
+            p + "n_faces": n}
+
+
+@register_worker
 class FaceAnalysis(Worker):
     """Per image: `face_boxes` float32 [n, 4] (x1, y1, x2, y2 in pixels), `face_kps` float32
     [n, 5, 2] (eyes, nose, mouth corners), `det_scores` float32 [n], `embeddings` float32 [n, d]
     (unit-length ArcFace features, d = 512), `n_faces` int. Column names take `prefix`."""
 
     role = "face_analysis"
+    builder = Builder("builders.face_analysis", full=False)
+    # ONNX graphs: no library config to build a production-size one from
+    cost = Cost(0.02, per_batch=0.005, source="insightface buffalo_l: SCRFD-10G ~10 ms + ArcFace R50 ~2 ms a face "
+                                             "with onnxruntime-gpu (insightface model zoo)")
+    simulated = staticmethod(simulated_face_analysis)
 
     inputs = ("image",)
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.rows import Reject
+from runtime.costs import REFERENCE_PIXELS, Cost
+from runtime.roles import Builder, register_worker
 from workers.base import Worker, image_of, text_of, torch_dtype
 from workers.text_to_image import generation_problem, generators, groups_by_size, seed_of, to_uint8
 
@@ -68,6 +70,18 @@ def pad_to(array: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(array, pad, mode="edge")
 
 
+def simulated_inpainting(w, row: dict) -> dict:
+    """A simulated accelerator's loser: fresh pixels inside the dilated mask, the image outside."""
+    from workers.simulated import photo
+
+    a = w.args
+    image = image_of(row, a["image"])
+    mask = dilate(mask_of(row, a["mask"], image.shape[:2]), a["dilation_px"])
+    new = photo(*image.shape[:2], w.rng)
+    return {a["output"]: np.where(mask[..., None], new, image), a["mask_output"]: mask}
+
+
+@register_worker
 class Inpainting(Worker):
     """FLUX.1 Fill [dev] inpainting inside a dilated mask, context copied back exactly.
 
@@ -79,6 +93,12 @@ class Inpainting(Worker):
     """
 
     role = "inpainting"
+    builder = Builder("builders.inpainting")
+    # FLUX.1 Fill is the same 12B transformer with the masked image as extra input channels; it is
+    # run at the model card's 50 steps, so a 1024x1024 sample costs 50/28 of FLUX.1 dev's
+    cost = Cost(6.5, steps=28, pixels=REFERENCE_PIXELS, min_gpus=1.0,
+                source="FLUX.1 Fill dev: FLUX.1 dev's cost per step (same transformer), scaled by steps")
+    simulated = staticmethod(simulated_inpainting)
     inputs = ("image", "mask", "prompt", "seed")
     outputs = ("output", "mask_output")
     rejects = ("missing_mask", "bad_mask", "mask_size", "empty_mask", "empty_prompt", "missing_seed", "bad_seed",

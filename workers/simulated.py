@@ -3,8 +3,12 @@ and its actor pool's resources, loads nothing, sleeps what the cost table says a
 production size (runtime.costs), and returns outputs of the real shapes, dtypes and sizes, so the
 data movement between stages and the object store are real.
 
-    workers = simulated_workers(dip.WORKERS, DEFAULT_COSTS, time_scale=0.01, events="out/events")
+    workers = simulated_workers(load_costs(), time_scale=0.01, events="out/events")
     dip.main(["--config", "configs/dip.gpu.yaml", "--out", out], workers=workers)
+
+Each role's outputs are its worker class's `simulated(stand_in, row)` (declared beside the worker,
+runtime/roles.py); this module holds the stand-in and what those outputs share (pixels, coded
+faces, the VLM's answers).
 
 The outputs are the ones that pass every gate of the pipelines' gpu configs (it is a simulator:
 pass rate 1, so throughput can be compared with a bound where every row reaches every step): the
@@ -30,11 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.rows import Reject
-from workers.base import Worker, image_of, is_list, text_of
-from workers.grounding import phrases_of
-from workers.inpainting import dilate, mask_of
-from workers.segmentation import boxes_of
-from workers.text_to_image import size_of
+from workers.base import Worker
 
 
 def sleep(seconds: float) -> None:
@@ -53,7 +53,7 @@ def assigned_gpus() -> float:
 
     ray = sys.modules.get("ray")  # an actor has imported Ray; a plain process may not have
     if ray is None or not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
-        return 1.0  # not an actor (a driver with Ray up: Plan.run_local in a test)
+        return 1.0  # not an actor (a driver with Ray up: runtime.execute.local in a test)
     return float(ray.get_runtime_context().get_assigned_resources().get("GPU") or 1.0)
 
 
@@ -79,6 +79,7 @@ class Simulated(Worker):
 
     real: type[Worker] = Worker
     cost = None  # runtime.costs.Cost of the role
+    outputs = None  # the real worker's simulated(stand_in, row) -> outputs
     time_scale = 1.0
     events: str | None = None
 
@@ -91,7 +92,6 @@ class Simulated(Worker):
         self.args = dict(step_defaults(self.real), **kwargs)  # steps, height, width, mode: the cost's scale
         self.gpus = assigned_gpus()
         self.rng = np.random.default_rng()
-        self.build = OUTPUTS[self.role]
         if self.events:
             Path(self.events).mkdir(parents=True, exist_ok=True)
         self.log(event="loaded", t=clock(), stage=self.stage, role=self.role, actor=os.getpid(), gpus=self.gpus)
@@ -111,7 +111,7 @@ class Simulated(Worker):
 
     def output(self, row: dict):
         try:
-            return self.build(self, row)
+            return self.outputs(self, row)
         except Reject as e:  # bad input, as the real worker's check would reject it
             return e
 
@@ -123,20 +123,24 @@ class Simulated(Worker):
 
 def simulated(real: type[Worker], costs: dict, time_scale: float = 1.0, events: str | None = None) -> type[Worker]:
     """A stand-in for `real`: wired like it, taking its constructor arguments, loading nothing."""
-    if real.role not in OUTPUTS:
-        raise ValueError(f"no simulated outputs for role {real.role!r} (known: {sorted(OUTPUTS)})")
+    if getattr(real, "simulated", None) is None:
+        raise ValueError(f"{real.__name__} (role {real.role!r}) declares no simulated outputs")
     if real.role not in costs:
         raise ValueError(f"the cost table has no role {real.role!r}")
     role, columns, rejects, arguments = wired_like(real)
     return type(f"Simulated{real.__name__}", (Simulated,), {
         "role": role, "columns": columns, "rejects": rejects, "arguments": arguments, "real": real,
-        "cost": costs[real.role], "time_scale": float(time_scale), "events": None if events is None else str(events)})
+        "cost": costs[real.role], "outputs": staticmethod(real.simulated), "time_scale": float(time_scale),
+        "events": None if events is None else str(events)})
 
 
-def simulated_workers(workers: dict[str, type], costs: dict, time_scale: float = 1.0,
-                      events: str | None = None) -> dict[str, type]:
-    """A pipeline's WORKERS dict with every role simulated."""
-    return {role: simulated(cls, costs, time_scale, events) for role, cls in workers.items()}
+def simulated_workers(costs: dict, time_scale: float = 1.0, events: str | None = None,
+                      roles=None) -> dict[str, type]:
+    """role -> stand-in of every registered worker role (or of `roles`): a plan's `workers`."""
+    from runtime.roles import ROLES
+
+    return {name: simulated(r.worker, costs, time_scale, events) for name, r in sorted(ROLES.items())
+            if r.worker is not None and (roles is None or name in roles)}
 
 
 def read_events(directory) -> list[dict]:
@@ -159,6 +163,17 @@ def photo(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     image = (c + a * x + b * y).astype(np.int16)
     image += rng.integers(-6, 7, image.shape, dtype=np.int16)
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def jpeg_bytes(image: np.ndarray, quality: int = 95) -> bytes:
+    """A photo as JPEG bytes, as a crawl stores it (the simulated benchmarks' inputs)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def ellipse(box, height: int, width: int) -> np.ndarray:
@@ -232,24 +247,6 @@ def face_embedding(identity: int, rng: np.random.Generator) -> np.ndarray:
 LANDMARKS = np.array([(.3, .4), (.7, .4), (.5, .6), (.35, .8), (.65, .8)], np.float32)  # eyes, nose, mouth
 
 
-def face_analysis(w: Simulated, row: dict) -> dict:
-    rgb = image_of(row, w.args["image"])
-    h, width = rgb.shape[:2]
-    codes = read_codes(rgb)
-    n = len(codes)
-    rng = np.random.default_rng(int(rgb[h // 2].sum()))  # per photo, repeatable
-    side, step = max(width // 8, 36), width // 6  # faces side by side below the code row
-    x0 = (width // 12 + np.arange(n) * step).astype(np.float32)
-    y0 = np.full(n, h // 3, np.float32)
-    boxes = np.stack([x0, y0, x0 + side, y0 + side], 1).reshape(n, 4)
-    p = w.args["prefix"]
-    return {p + "face_boxes": boxes, p + "face_kps": boxes[:, None, :2] + side * LANDMARKS[None],
-            p + "det_scores": np.full(n, 0.9, np.float32),
-            p + "embeddings": np.stack([face_embedding(c, rng) for c in codes]).astype(np.float32) if n
-            else np.zeros((0, FACE_DIM), np.float32),
-            p + "n_faces": n}
-
-
 # --- the VLM: answers that pass the gate after each question -------------------------------------
 # The question's form, by the templates of stages/rubric.py and stages/prompts.py.
 RUBRIC = "Identity Consistency Evaluation Criteria"
@@ -279,112 +276,3 @@ def answer(stage: str, prompt: str) -> str:
         return ("This image shows two people standing side by side in a park, a man in a navy suit with a "
                 "silver watch and a woman in a red dress with pearl earrings, both smiling at the camera.")
     return "A small glazed teapot with a curved spout, deep cobalt blue with a thin gold rim and a bamboo handle."
-
-
-def vlm(w: Simulated, row: dict) -> dict:
-    prompt = row.get(w.args["prompt"])
-    many = is_list(prompt)
-    answers = [answer(w.stage, str(p)) for p in (prompt if many else [text_of(row, w.args["prompt"])])]
-    return {w.args["output"]: answers if many else answers[0]}
-
-
-# --- the other roles -----------------------------------------------------------------------------
-
-def text_to_image(w: Simulated, row: dict) -> dict:
-    a = w.args
-    h, width = size_of(row, a["height"], a["width"], 16)
-    if a["mode"] == "diptych":  # the two halves of a 2W-wide canvas
-        return {a["left"]: photo(h, width, w.rng), a["right"]: photo(h, width, w.rng)}
-    return {a["output"]: photo(h, width, w.rng)}
-
-
-def inpainting(w: Simulated, row: dict) -> dict:
-    a = w.args
-    image = image_of(row, a["image"])
-    mask = dilate(mask_of(row, a["mask"], image.shape[:2]), a["dilation_px"])
-    new = photo(*image.shape[:2], w.rng)
-    return {a["output"]: np.where(mask[..., None], new, image), a["mask_output"]: mask}
-
-
-def grounding(w: Simulated, row: dict) -> dict:
-    """One box per phrase, side by side."""
-    a = w.args
-    h, width = image_of(row, a["image"]).shape[:2]
-    phrases = phrases_of(row.get(a["phrases"]))
-    if not phrases:
-        raise Reject("empty_prompt", a["phrases"])
-    boxes = np.asarray([strip_box(j, len(phrases), h, width) for j in range(len(phrases))], np.float32)
-    return {a["boxes"]: boxes, a["box_scores"]: np.full(len(phrases), 0.8, np.float32),
-            a["box_labels"]: list(phrases), a["phrase_boxes"]: boxes.tolist()}
-
-
-def segmentation(w: Simulated, row: dict) -> dict:
-    a = w.args
-    h, width = image_of(row, a["image"]).shape[:2]
-    boxes = boxes_of(row.get(a["boxes"]), h, width)
-    masks = np.stack([ellipse(b, h, width) for b in boxes]) if len(boxes) else np.zeros((0, h, width), bool)
-    return {a["masks"]: masks, a["mask_scores"]: np.full(len(boxes), 0.95, np.float32)}
-
-
-# model id fragment -> (embedding width, patch-token width, patch tokens at 224 px); an unknown
-# model (a local path) is taken for DINOv2-base, the gpu configs' encoder
-ENCODER_WIDTHS = {"dinov2-small": (384, 384, 256), "dinov2-base": (768, 768, 256), "dinov2-large": (1024, 1024, 256),
-                  "dinov2-giant": (1536, 1536, 256), "clip-vit-base-patch32": (512, 768, 49),
-                  "clip-vit-base-patch16": (512, 768, 196), "clip-vit-large-patch14": (768, 1024, 256)}
-ENCODER_COSINE = 0.9  # above any pre-filter (DIP's opt-in 0.5), below copy-paste (DIP 0.98, UPER's penalty 0.95)
-
-
-def encoder_widths(model: str) -> tuple[int, int, int]:
-    return next((v for k, v in ENCODER_WIDTHS.items() if k in model.lower()), ENCODER_WIDTHS["dinov2-base"])
-
-
-def unit(rng: np.random.Generator, shape: tuple) -> np.ndarray:
-    v = rng.standard_normal(shape).astype(np.float32)
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-def image_encoder(w: Simulated, row: dict) -> dict:
-    a = w.args
-    value = row.get(a["image"])
-    views = (len(value),) if is_list(value) else ()  # a list of views: [n, D] and n cosines
-    if not views:
-        image_of(row, a["image"])
-    dim, patch_dim, patches = encoder_widths(w.model_id)
-    out = {a["embedding"]: unit(w.rng, views + (dim,))} if a["embedding"] else {}
-    if a["patches"] and not views:
-        out[a["patch_embeddings"]] = w.rng.standard_normal((patches, patch_dim)).astype(np.float32)
-    if a["image_b"]:
-        out[a["cosine"]] = np.full(views, ENCODER_COSINE, np.float32) if views else np.float32(ENCODER_COSINE)
-    if a["text"]:
-        out[a["text_similarity"]] = np.float32(0.3)  # CLIP's image-text cosine of a matching caption
-    return out
-
-
-def background_removal(w: Simulated, row: dict) -> dict:
-    """The subject: an ellipse over the middle (~33% of the image, inside UPER's 0.01-0.98)."""
-    a, p = w.args, w.args["prefix"]
-    rgb = image_of(row, a["image"])
-    h, width = rgb.shape[:2]
-    alpha = ellipse([0.2 * width, 0.15 * h, 0.8 * width, 0.85 * h], h, width).astype(np.uint8) * 255
-    on_white = np.where(alpha[..., None] > 127, rgb, np.uint8(255))
-    out = {p + "alpha": alpha, p + "on_white": on_white, p + "fg_fraction": float((alpha > 127).mean())}
-    if a["cutout"]:
-        out[p + "cutout"] = np.concatenate([rgb, alpha[..., None]], axis=2)
-    return out
-
-
-def aesthetic(w: Simulated, row: dict) -> dict:
-    image_of(row, w.args["image"])
-    return {w.args["prefix"] + "aesthetic": np.float32(6.0)}  # LAION's 1-10 scale: above MultiID's 4.5
-
-
-def text_detection(w: Simulated, row: dict) -> dict:
-    image_of(row, w.args["image"])
-    p = w.args["prefix"]
-    return {p + "text_boxes": np.zeros((0, 4, 2), np.float32), p + "text_fraction": np.float32(0.0)}  # no text
-
-
-OUTPUTS = {"text_to_image": text_to_image, "inpainting": inpainting, "grounding": grounding,
-           "segmentation": segmentation, "vlm": vlm, "image_encoder": image_encoder,
-           "face_analysis": face_analysis, "background_removal": background_removal, "aesthetic": aesthetic,
-           "text_detection": text_detection}

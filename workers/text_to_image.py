@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.rows import Reject
+from runtime.costs import FLUX_H100, REFERENCE_PIXELS, Cost
+from runtime.roles import Builder, register_worker
 from workers.base import Worker, text_of, torch_dtype
 
 MODES = ("diptych", "independent")
@@ -89,6 +91,18 @@ def groups_by_size(inputs: list[dict]) -> dict[tuple[int, int], list[int]]:
     return groups
 
 
+def simulated_text_to_image(w, row: dict) -> dict:
+    """A simulated accelerator's images (workers/simulated.py): fresh photos of the asked size."""
+    from workers.simulated import photo
+
+    a = w.args
+    h, width = size_of(row, a["height"], a["width"], 16)
+    if a["mode"] == "diptych":  # the two halves of a 2W-wide canvas
+        return {a["left"]: photo(h, width, w.rng), a["right"]: photo(h, width, w.rng)}
+    return {a["output"]: photo(h, width, w.rng)}
+
+
+@register_worker
 class TextToImage(Worker):
     """FLUX.1 [dev] text-to-image.
 
@@ -99,6 +113,10 @@ class TextToImage(Worker):
     """
 
     role = "text_to_image"
+    builder = Builder("builders.text_to_image")
+    # one copy per device: 33 GB of weights and a batch of 2048x1024 diptychs' activations
+    cost = Cost(6.5, steps=28, pixels=REFERENCE_PIXELS, min_gpus=1.0, source=FLUX_H100)
+    simulated = staticmethod(simulated_text_to_image)
     inputs = ("prompt", "seed")
     rejects = ("empty_prompt", "missing_seed", "bad_seed", "bad_size", "nan_image", "black_image", "model_error")
 

@@ -10,17 +10,39 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.rows import Reject
+from runtime.costs import Cost
+from runtime.roles import Builder, register_worker
 from workers.base import Worker, image_of, is_list, text_of, torch_dtype
 
 MAX_ASPECT_RATIO = 200  # Qwen2-VL's smart_resize refuses anything longer and thinner than this
 
 
+def simulated_vlm(w, row: dict) -> dict:
+    """A simulated accelerator's answer to each question: the one its gate lets through."""
+    from workers.simulated import answer
+
+    prompt = row.get(w.args["prompt"])
+    many = is_list(prompt)
+    answers = [answer(w.stage, str(p)) for p in (prompt if many else [text_of(row, w.args["prompt"])])]
+    return {w.args["output"]: answers if many else answers[0]}
+
+
+@register_worker
 class VLM(Worker):
     """Qwen2.5-VL, greedy. Input: the images in `images` (columns) and the text in `prompt`;
     output: `answer` (str). `max_pixels` bounds each image's resized area, hence its tokens
     (one token per 28x28 pixels)."""
 
     role = "vlm"
+    builder = Builder("builders.vlm")
+    # Qwen2.5-VL-7B in bf16, HF generate, batch 16: two ~1 MP images are ~2.7k prefill tokens a sample
+    # (one token per 28x28 px) at ~10k tokens/s, and a rubric's ~256 new tokens at ~30 ms a batched
+    # decode step: ~0.3 + 0.5 s a sample, ~2 s per call; 16 GB of weights + the vision tower's
+    # activations and the KV cache of a batch: two copies per device
+    cost = Cost(0.8, per_batch=2.0, min_gpus=0.5,
+                source="Qwen2.5-VL-7B bf16 on H100: ~10k prefill tokens/s, ~30 ms per batched decode step "
+                       "(estimate from vLLM / HF generate reports)")
+    simulated = staticmethod(simulated_vlm)
     inputs = ("images", "prompt")
     outputs = ("output",)
     rejects = ("empty_prompt",) + Worker.rejects

@@ -137,23 +137,26 @@ def test_production_sam2_has_the_published_size():
 def test_every_production_role_has_a_builder():
     import importlib
 
-    import builders
+    import workers  # noqa: F401
+    from runtime import roles
 
-    for role in builders.FULL_ROLES:
-        module, _ = builders.BUILDERS[role]
-        assert callable(getattr(importlib.import_module(module), "build_full")), role
-    with pytest.raises(ValueError, match="no production-size builder"):
-        builders.build("face_analysis", "/nonexistent", size="full")
+    full = roles.buildable("full")
+    assert {"text_to_image", "inpainting", "grounding", "segmentation", "vlm", "image_encoder", "aesthetic"} <= set(full)
+    for role in full:
+        assert callable(getattr(importlib.import_module(roles.get_role(role).builder.module), "build_full")), role
+    with pytest.raises(ValueError, match="role 'face_analysis' has no full builder"):
+        roles.build("face_analysis", "/nonexistent", size="full")
 
 
 def test_a_tiny_model_never_passes_for_a_full_one(tmp_path, monkeypatch):
-    import builders
+    import workers  # noqa: F401
+    from runtime import roles
 
     (tmp_path / "grounding").mkdir()
-    (tmp_path / "grounding" / builders.DONE).write_text(builders.marker("grounding", "tiny"))
+    (tmp_path / "grounding" / roles.DONE).write_text(roles.marker("grounding", "tiny"))
     built = []
-    monkeypatch.setattr(builders, "build", lambda role, d, seed, size: built.append((role, size)) or d)
-    builders.ensure(tmp_path, ["grounding"])
+    monkeypatch.setattr(roles, "build", lambda role, d, seed, size: built.append((role, size)) or d)
+    roles.ensure(tmp_path, ["grounding"])
     assert built == []
-    builders.ensure(tmp_path, ["grounding"], size="full")
+    roles.ensure(tmp_path, ["grounding"], size="full")
     assert built == [("grounding", "full")]

@@ -34,11 +34,12 @@ def test_ideal_schedule_by_hand():
 
 def test_hand_splits_are_the_fixed_configs_that_fit():
     from benchmarks.simulated import hand_splits, plans_for
-    from runtime.costs import DEFAULT_COSTS
+    from runtime.costs import load_costs
     from runtime.pools import bound
 
-    own = bound(plans_for("dip", ["pools=fixed"], 8, {})[1][0], DEFAULT_COSTS).samples_per_hour
-    _, (plan,) = plans_for("dip", ["pools=fixed"], 8, {})
+    DEFAULT_COSTS = load_costs()
+    _, (plan,), specs = plans_for("dip", ["pools=fixed"], 8, {})
+    own = bound(plan, DEFAULT_COSTS, specs=specs[plan.name]).samples_per_hour
     splits = hand_splits(plan, 8, DEFAULT_COSTS)
     best = splits[0]
     assert [s["bound_per_hour"] for s in splits] == sorted((s["bound_per_hour"] for s in splits), reverse=True)

@@ -11,13 +11,16 @@ import pytest
 
 from configs import DIPConfig, SyntheticConfig
 from runtime.config import load_config
-from runtime.plan import CPU_BATCH_SIZE, Plan, PlanError, step
+from runtime.execute import local, on_ray
+from runtime.plan import CPU_BATCH_SIZE, Plan, PlanError, order, step
+from runtime.registry import get_pipeline, pipelines
 from runtime.rows import Reject, UndeclaredColumn, batch_of, run_step
+from runtime.steps import Batch, Cpu, Model
 from schemas.contract import DatasetSchema, Member
 from schemas.registry import get_schema
 from tests.conftest import ROOT
 
-PIPELINES = ("dip", "multiid", "uper", "iapo", "synthetic")
+PIPELINES = [n for n, p in pipelines().items() if p.plans is not None]
 
 
 @step(reads=("a",), writes=("b", "scratch"), rejects=("negative",))
@@ -48,7 +51,7 @@ JSON_ONLY = DatasetSchema("t", 1, (Member("json", "json", "json"),), (pa.field("
 
 def tiny_plan(*steps_) -> Plan:
     """A plan whose source has `a`, a manifest column `prompt` and a column nobody reads."""
-    p = Plan("t", SyntheticConfig(), {}, JSON_ONLY, source=("a", "unread", "prompt"))
+    p = Plan("t", SyntheticConfig(), JSON_ONLY, source=("a", "unread", "prompt"))
     for name, fn in steps_:
         p.cpu(name, fn)
     return p
@@ -62,7 +65,7 @@ def test_columns_are_checked_and_temporaries_dropped_after_their_last_reader():
     assert set(drops["double"]) == {"a", "unread"} and set(drops["plus_one"]) == {"b", "scratch", "c"}
     rows = [{"key": "k1", "input": "i1", "a": 1, "unread": 0, "prompt": "p"},
             {"key": "k2", "input": "i2", "a": -1, "unread": 0, "prompt": "p"}]
-    out = {r["key"]: r for r in p.run_local(rows)}
+    out = {r["key"]: r for r in local(p, rows)[0]}
     assert out["k1"]["prompt"] == "p" and not {"a", "b", "scratch", "c", "unread"} & set(out["k1"])
     assert out["k2"]["reject_stage"] == "double" and out["k2"]["reject_reason"] == "negative"
     assert out["k1"]["time_double"] >= 0 and out["k1"]["time_plus_one"] >= 0
@@ -76,7 +79,7 @@ def test_a_read_no_step_writes_is_an_error_naming_step_and_column():
         p.cpu("uses", plus_one, needs=("centers",))
         p.check()
     with pytest.raises(PlanError, match="requires member 'ref_clean'"):  # the uper schema's member
-        Plan("t", SyntheticConfig(), {}, get_schema("uper"), source=("a",)).check()
+        Plan("t", SyntheticConfig(), get_schema("uper"), source=("a",)).check()
 
 
 def test_undeclared_write_and_programming_errors_fail_instead_of_rejecting():
@@ -84,13 +87,13 @@ def test_undeclared_write_and_programming_errors_fail_instead_of_rejecting():
     with pytest.raises(UndeclaredColumn, match=r"step 'sneaky' wrote column\(s\) \['unlisted'\]"):
         run_step("sneaky", batch, lambda rows: [sneaky(r) for r in rows], ("b",))
     with pytest.raises(KeyError, match="no_such_column"):
-        tiny_plan(("buggy", buggy)).run_local([{"key": "k", "input": "i", "a": 1}])
+        local(tiny_plan(("buggy", buggy)), [{"key": "k", "input": "i", "a": 1}])
     # data errors stay rejects: a ValueError from a value that cannot be read
     @step(reads=("a",))
     def unreadable(row):
         return dict(row, a=int("not a number"))
 
-    (out,) = tiny_plan(("unreadable", unreadable)).run_local([{"key": "k", "input": "i", "a": 1}])
+    (out,), _ = local(tiny_plan(("unreadable", unreadable)), [{"key": "k", "input": "i", "a": 1}])
     assert out["reject_reason"] == "bad_data" and "ValueError" in out["reject_detail"]
 
 
@@ -98,7 +101,7 @@ def test_a_bug_in_a_ray_stage_fails_the_run_with_its_traceback(ray_local):
     ds = ray_local.data.from_items([{"key": f"k{i}", "input": "i", "a": i} for i in range(20)])
     p = tiny_plan(("buggy", buggy))
     with pytest.raises(Exception, match="no_such_column") as e:
-        p.apply(ds, "/nonexistent-out", log=lambda *a: None).take_all()
+        on_ray(p, ds, "/nonexistent-out", log=lambda *a: None)[0].take_all()
     assert "KeyError" in str(e.value) or isinstance(e.value, KeyError)
 
 
@@ -122,8 +125,8 @@ def test_a_miswired_dip_plan_fails_before_ray_or_any_model(monkeypatch, tmp_path
 
     dip = miswired_dip(monkeypatch)
     started = []
-    monkeypatch.setattr(driver, "start_ray", lambda cfg: started.append("ray"))
-    monkeypatch.setattr(dip.PIPELINE, "prepare", lambda cfg: started.append("models"))
+    monkeypatch.setattr(driver, "start_ray", lambda *a: started.append("ray"))
+    monkeypatch.setattr("runtime.roles.ensure_for", lambda cfg: started.append("models"))
     with pytest.raises(PlanError) as e:
         dip.main(["--config", str(ROOT / "configs/dip.tiny.yaml"), "--out", str(tmp_path)])
     assert "'negative_check'" in str(e.value) and "'loser'" in str(e.value)
@@ -147,9 +150,9 @@ def test_subjectforge_plan_prints_every_step(pipeline):
     out = subprocess.run([sys.executable, "-m", "runtime.cli", "plan", pipeline, "--config",
                           str(ROOT / f"configs/{pipeline}.tiny.yaml")], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    module = __import__(f"pipelines.{pipeline}", fromlist=["PIPELINE"])
-    cfg = load_config(module.PIPELINE.config, ROOT / f"configs/{pipeline}.tiny.yaml")
-    for plan in module.PIPELINE.plans(cfg, None):
+    spec = get_pipeline(pipeline)
+    cfg = load_config(spec.config, ROOT / f"configs/{pipeline}.tiny.yaml")
+    for plan in spec.plans(cfg, None):
         for i, s in enumerate(plan.check().steps, 1):
             assert f"{i:>2}. {s.name} " in out.stdout
             if s.reads:
@@ -175,7 +178,7 @@ def test_batch_steps_take_gathered_values_and_reject_per_row():
     def scale(rows, factor):
         return [Reject("zero", "") if r["a"] == 0 else dict(r, scaled=r["a"] * factor) for r in rows]
 
-    p = Plan("t", SyntheticConfig(), {}, JSON_ONLY, source=("a",))
+    p = Plan("t", SyntheticConfig(), JSON_ONLY, source=("a",))
     p.gather("total", lambda rows: {"factor": sum(r["a"] for r in rows)}, reads=("a",), provides=("factor",))
     p.batch("scale", scale, needs=("factor",))
     with pytest.raises(PlanError, match="declares no columns"):  # every stage function declares them
@@ -184,7 +187,7 @@ def test_batch_steps_take_gathered_values_and_reject_per_row():
     p.gather("see", lambda rows: {"seen": seen.update({r["key"]: r["scaled"] for r in rows})},
              reads=("key", "scaled"), provides=("seen",))
     p.cpu("done", step()(lambda row: row))
-    out = {r["key"]: r for r in p.check().run_local([{"key": f"k{a}", "input": "", "a": a} for a in (0, 1, 2)])}
+    out = {r["key"]: r for r in local(p.check(), [{"key": f"k{a}", "input": "", "a": a} for a in (0, 1, 2)])[0]}
     assert seen == {"k1": 3, "k2": 6}  # factor = 0 + 1 + 2, gathered before the batch step ran; k0 rejected
     assert out["k0"]["reject_reason"] == "zero" and out["k2"]["time_scale"] >= 0
     assert "scaled" not in out["k1"]  # a temporary: dropped after its last reader
@@ -205,7 +208,7 @@ def measure(row):
 
 def image_plan() -> Plan:
     """decode -> measure -> a gather -> decode again -> the schema's image member."""
-    p = Plan("t", SyntheticConfig(), {}, IMAGES, source=("a",))
+    p = Plan("t", SyntheticConfig(), IMAGES, source=("a",))
     p.cpu("decode", decode)
     p.cpu("measure", measure)
     p.gather("total", lambda rows: {"total": sum(r["size"] for r in rows)}, reads=("size",), provides=("total",))
@@ -221,9 +224,9 @@ def test_a_column_written_again_later_does_not_cross_a_gather(ray_local):
     assert {s.name: s.drop for s in p.steps}["measure"] == ("image",)
     import ray
 
-    ds = p.apply(ray.data.from_items([{"key": f"k{a}", "input": "", "a": a} for a in range(20)]), "unused")
-    assert "image" not in p.barriers["total"] and "size" in p.barriers["total"]
-    assert p.gathered["total"] == 20_000
+    ds, run = on_ray(p, ray.data.from_items([{"key": f"k{a}", "input": "", "a": a} for a in range(20)]), None)
+    assert "image" not in run.barriers["total"] and "size" in run.barriers["total"]
+    assert run.gathered["total"] == 20_000 and not hasattr(p, "gathered")  # what a run learns is the run's
     rows = ds.take_all()
     assert len(rows) == 20 and all(len(r["image"]) == 1000 for r in rows)
 
@@ -243,7 +246,7 @@ def test_multiid_barriers_hold_no_image():
     # a CPU step bundles batch_size rows into one task: with the photo still decoded that is
     # batch_size x ~2.4 MB in one task's memory (retrieve once took 256 rows: 600 MB)
     for p in (bank, groups):
-        wide = {s.name: s.batch_size for s in p.steps if s.kind in ("cpu", "batch") and "image" in p.columns_at(s.name)
+        wide = {s.name: s.batch_size for s in p.steps if isinstance(s, Cpu) and "image" in p.columns_at(s.name)
                 and s.batch_size > CPU_BATCH_SIZE}
         assert not wide, f"{p.name}: {wide} batch more than {CPU_BATCH_SIZE} decoded photos"
 
@@ -252,12 +255,12 @@ def test_a_role_s_custom_resources_place_its_pool_and_a_missing_one_is_named(ray
     """`<role>.resources` reaches map_batches (Ray places the actors on nodes that offer it); a
     resource the cluster lacks is named before anything runs, as the actors would wait for it."""
     from pipelines import dip
-    from runtime.plan import pool_args
 
     cfg = load_config(DIPConfig, ROOT / "configs/dip.tiny.yaml", ["vlm.resources={gpu_node: 0.5}"])
-    assert pool_args(cfg.vlm, stage="s")["resources"] == {"gpu_node": 0.5}
-    assert "resources" not in pool_args(cfg.grounding, stage="s")
     (plan,) = dip.plans(cfg)
+    steps = {s.name: s for s in plan.check().steps}
+    assert steps["positive_check"].pool_args(cfg.vlm)["resources"] == {"gpu_node": 0.5}
+    assert "resources" not in steps["ground"].pool_args(cfg.grounding)
     assert "0.5 gpu_node" in plan.describe()
 
     class Named(Exception):
@@ -268,4 +271,88 @@ def test_a_role_s_custom_resources_place_its_pool_and_a_missing_one_is_named(ray
             raise Named(line)  # stop before the DAG is built: a gather would run it
 
     with pytest.raises(Named, match=r"needs 0.5 gpu_node, the cluster has 0: its actors wait until a node offers it"):
-        plan.apply(ray_local.data.from_items([{"key": "k"}]), "/nonexistent-out", values={}, log=log)
+        on_ray(plan, ray_local.data.from_items([{"key": "k"}]), "/nonexistent-out", log=log)
+
+
+# --- a plan is a declaration; executors bind its steps; roles are declared once ------------------------
+
+@step(reads=("a",), writes=("b",))
+def add_one(row):
+    return dict(row, b=row["a"] + 1)
+
+
+def test_a_checked_plan_does_not_change_and_steps_are_kinds():
+    p = tiny_plan(("double", double)).check()
+    with pytest.raises(PlanError, match="checked; step 'late' comes too late"):
+        p.cpu("late", plus_one)
+    (s,) = p.steps
+    assert isinstance(s, Cpu) and not isinstance(s, Batch) and set(s.drop) == {"a", "unread", "b", "scratch"}
+    with pytest.raises(Exception):  # frozen: a run cannot rewrite a step
+        s.drop = ()
+
+
+def test_ray_and_local_executors_give_the_same_rows(ray_local):
+    """One meaning per step kind: the same plan bound by Ray Data and by the local loop."""
+    p = Plan("t", SyntheticConfig(), JSON_ONLY, source=("a", "prompt"))
+    p.cpu("double", double)
+    p.gather("total", lambda rows: {"total": sum(r["b"] for r in rows)}, reads=("b",), provides=("total",))
+
+    @step(reads=("b",), writes=("share",))
+    def share(rows, total):
+        return [dict(r, share=r["b"] / total) for r in rows]
+
+    p.batch("share", share, needs=("total",))
+    p.cpu("plus_one", plus_one, optional=("share",))
+    rows = [{"key": f"k{a}", "input": "", "a": a, "prompt": "p"} for a in (-1, 1, 2, 3)]
+    mine, run_l = local(p, rows)
+    ds, run_r = on_ray(p, ray_local.data.from_items(rows), None, log=lambda *a: None)
+    theirs = {r["key"]: r for r in ds.take_all()}
+    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("time_")}  # noqa: E731
+    assert {r["key"]: strip(r) for r in mine} == {k: strip(r) for k, r in theirs.items()}
+    assert run_l.gathered == run_r.gathered == {"total": 12}  # 2 + 4 + 6; k-1 rejected by `double`
+    assert theirs["k-1"]["reject_reason"] == "negative"
+
+
+def test_plans_with_dependencies_are_ordered_and_their_inputs_checked():
+    bank = Plan("bank", SyntheticConfig(), JSON_ONLY, source=("a", "prompt"))
+    bank.gather("centers", lambda rows: {"centers": 1}, reads=("a",), provides=("centers",))
+    bank.cpu("done", step(reads=("a",))(lambda row: row))
+    groups = Plan("groups", SyntheticConfig(), JSON_ONLY, source=("a", "prompt"), inputs=("centers", "before"),
+                  depends=("bank",))
+    groups.before("previous", lambda out: {"before": out}, provides=("before",))
+    groups.cpu("uses", step(reads=("a",))(lambda row, centers, before: row), needs=("centers", "before"))
+    assert [p.name for p in order([groups, bank])] == ["bank", "groups"]
+
+    lonely = Plan("lonely", SyntheticConfig(), JSON_ONLY, source=("a", "prompt"), inputs=("centers",))
+    lonely.cpu("uses", step(reads=("a",))(lambda row, centers: row), needs=("centers",))
+    with pytest.raises(PlanError, match=r"lonely: inputs \['centers'\] are provided by no plan it depends on"):
+        order([lonely])
+    a = Plan("a", SyntheticConfig(), JSON_ONLY, source=("a",), depends=("b",))
+    b = Plan("b", SyntheticConfig(), JSON_ONLY, source=("a",), depends=("a",))
+    with pytest.raises(PlanError, match="a cycle"):
+        order([a, b])
+    with pytest.raises(PlanError, match=r"unknown plan\(s\) \['nope'\]"):
+        order([Plan("c", SyntheticConfig(), JSON_ONLY, source=("a",), depends=("nope",))])
+
+
+def test_a_model_role_missing_a_cost_builder_or_config_field_is_named(monkeypatch):
+    import dataclasses
+
+    from pipelines import dip
+    from runtime import roles
+
+    cfg = load_config(DIPConfig, ROOT / "configs/dip.tiny.yaml")
+    vlm = roles.ROLES["vlm"]
+    monkeypatch.setitem(roles.ROLES, "vlm", dataclasses.replace(vlm, cost=None))
+    with pytest.raises(PlanError, match=r"step 'positive_check': model role 'vlm' declares no cost"):
+        dip.plan(cfg).check()
+    monkeypatch.setitem(roles.ROLES, "vlm", dataclasses.replace(vlm, builder=None))
+    with pytest.raises(PlanError, match="model role 'vlm' declares no builder"):
+        dip.plan(cfg).check()
+    monkeypatch.setitem(roles.ROLES, "vlm", vlm)
+    with pytest.raises(PlanError, match=r"step 'x': no model role 'teleporter' is declared"):
+        dip.plan(cfg).model("x", "teleporter")
+    with pytest.raises(PlanError, match=r"the config \(SyntheticConfig\) has no model spec field 'vlm'"):
+        Plan("t", SyntheticConfig(), JSON_ONLY, source=("a",)).model("x", "vlm")
+    steps = {s.name: s for s in dip.plan(cfg).check().steps}
+    assert isinstance(steps["positive_check"], Model) and steps["positive_check"].cls is vlm.worker

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import pytest
 
+import workers  # noqa: F401  (every role and its cost declared)
 from runtime.config import ModelSpec, load_config
-from runtime.costs import DEFAULT_COSTS, Cost, load_costs, slower
-from runtime.plan import Step
-from runtime.pools import Pool, apply_split, auto_split, bound, packs
+from runtime.costs import Cost, load_costs, slower
+from runtime.pools import Pool, auto_split, bound, packs, size_pools, split_specs
+from runtime.roles import costs as role_costs
+from runtime.steps import Gather, Model
+
+DEFAULT_COSTS = role_costs()  # each role's own, as its worker class declares it
 
 
 class Stub:
@@ -14,11 +18,12 @@ class Stub:
 
     def __init__(self, *steps):
         self.name, self.steps = "stub", list(steps)
+        self.model_steps = [s for s in steps if isinstance(s, Model)]
 
 
 def model(name, role, batch, actors=1, gpus=1.0, **kwargs):
-    return Step(name, "model", role=role, spec=ModelSpec(model=role, batch_size=batch, concurrency=actors,
-                                                         num_gpus=gpus), kwargs=kwargs)
+    return Model(name, role=role, spec=ModelSpec(model=role, batch_size=batch, concurrency=actors, num_gpus=gpus),
+                 kwargs=kwargs)
 
 
 def test_a_batch_costs_per_call_plus_per_sample_over_its_share():
@@ -41,7 +46,7 @@ def test_bound_is_the_slowest_pool_and_a_barrier_adds_its_segments(tmp_path):
     costs = {"a": Cost(2.0), "b": Cost(0.5, per_batch=1.0), "c": Cost(1.0)}
     plan = Stub(model("A", "a", batch=4, actors=2, gpus=1.0),  # 2 x 4 / 8 s = 1.0 /s
                 model("B", "b", batch=4, actors=1, gpus=0.5),  # 4 / ((1 + 2) / 0.5) = 0.667 /s
-                Step("cluster", "gather"),
+                Gather("cluster"),
                 model("C", "c", batch=1))  # 1.0 /s
     b = bound(plan, costs)
     assert b.capacities == pytest.approx({"A": 1.0, "B": 4 / 6, "C": 1.0})
@@ -68,8 +73,8 @@ def test_auto_split_by_hand():
     b = bound(plan, costs, split)
     assert b.capacities == pytest.approx({"A": 2.0, "B": 2.5 / 1.2, "C": 5.0})
     assert b.samples_per_hour == pytest.approx(7200)
-    apply_split(plan, split)
-    assert [(s.spec.concurrency, s.spec.num_gpus) for s in plan.steps] == [(5, 1.0), (5, 0.5), (1, 0.5)]
+    specs = split_specs(plan, split)
+    assert [(specs[s.name].concurrency, specs[s.name].num_gpus) for s in plan.steps] == [(5, 1.0), (5, 0.5), (1, 0.5)]
 
 
 def test_auto_split_gives_light_pools_the_gpus_left_over():
@@ -133,13 +138,15 @@ def test_dip_gpu_profile_auto_split_fits_8_gpus_and_beats_its_fixed_pools():
     assert cfg.pools == "auto"
     plan = dip_plan(cfg).check()
     fixed = bound(plan, DEFAULT_COSTS)
-    split = plan.size_pools(8, log=lambda *a: None)
-    shares = [p.gpus for p in split.values() for _ in range(p.actors)]
+    specs = size_pools(plan, 8, log=lambda *a: None)
+    shares = [s.num_gpus for s in specs.values() for _ in range(s.concurrency)]
     assert packs(shares, 8) and sum(shares) <= 8
     # FLUX's diptych (13 s) and FLUX Fill's 50 steps (11.6 s) take nearly all of it
-    assert split["generate"].total_gpus + split["inpaint"].total_gpus >= 6
-    auto = bound(plan, DEFAULT_COSTS)  # the plan's specs are the split's now
+    gen, fill = specs["generate"], specs["inpaint"]
+    assert gen.concurrency * gen.num_gpus + fill.concurrency * fill.num_gpus >= 6
+    auto = bound(plan, DEFAULT_COSTS, specs=specs)  # the run's specs; the plan's stay as configured
     assert auto.samples_per_hour > fixed.samples_per_hour
+    assert bound(plan, DEFAULT_COSTS).samples_per_hour == fixed.samples_per_hour
 
 
 def test_subjectforge_plan_prints_the_split(capsys):
@@ -159,15 +166,13 @@ def test_subjectforge_plan_prints_the_split(capsys):
 def test_an_actors_cpus_follow_its_share_and_a_pool_too_big_for_the_cluster_is_named():
     from runtime.pools import held, shortfall
 
-    plan = Stub(model("judge", "vlm", batch=1))
-    plan.steps[0].spec = plan.steps[0].spec.model_copy(update={"num_cpus": 2.0})
-    base = {"judge": plan.steps[0].spec}
-    apply_split(plan, {"judge": Pool("judge", "vlm", 6, 0.25, 1)}, base)
-    assert (plan.steps[0].spec.concurrency, plan.steps[0].spec.num_gpus, plan.steps[0].spec.num_cpus) == (6, 0.25, 0.5)
-    apply_split(plan, {"judge": Pool("judge", "vlm", 2, 1.0, 1)}, base)  # again: from the configured spec
-    assert plan.steps[0].spec.num_cpus == 2.0
-    assert held(plan) == [(["judge"], 4.0, 2.0)]
-    assert shortfall(plan, cpus=5, gpus=2) is None
-    assert shortfall(plan, cpus=4, gpus=2) == ("stub: the pools of judge hold 4 CPUs and 2 GPUs; the cluster has 4 CPUs "
-                                               "(one kept for the CPU stages) and 2 GPUs")
-    assert "hold 4 CPUs and 2 GPUs" in shortfall(plan, cpus=16, gpus=1)
+    plan = Stub(Model("judge", role="vlm", spec=ModelSpec(model="vlm", batch_size=1, num_gpus=1.0, num_cpus=2.0)))
+    specs = split_specs(plan, {"judge": Pool("judge", "vlm", 6, 0.25, 1)})
+    assert (specs["judge"].concurrency, specs["judge"].num_gpus, specs["judge"].num_cpus) == (6, 0.25, 0.5)
+    specs = split_specs(plan, {"judge": Pool("judge", "vlm", 2, 1.0, 1)})  # again: from the configured spec
+    assert specs["judge"].num_cpus == 2.0 and plan.steps[0].spec.concurrency == 1  # the plan is not touched
+    assert held(plan, specs) == [(["judge"], 4.0, 2.0)]
+    assert shortfall(plan, cpus=5, gpus=2, specs=specs) is None
+    assert shortfall(plan, cpus=4, gpus=2, specs=specs) == (
+        "stub: the pools of judge hold 4 CPUs and 2 GPUs; the cluster has 4 CPUs (one kept for the CPU stages) and 2 GPUs")
+    assert "hold 4 CPUs and 2 GPUs" in shortfall(plan, cpus=16, gpus=1, specs=specs)

@@ -4,7 +4,7 @@ import pytest
 
 from runtime.config import ConfigError, PipelineConfig, load_config
 from schemas.contract import Member, decode_member, encode_member
-from schemas.registry import SCHEMAS
+from schemas.registry import get_schema
 from stages.keys import sample_key
 from stages.synthetic import random_sample
 
@@ -58,7 +58,7 @@ def test_sample_key_is_stable_and_sensitive():
 
 
 def test_family_members_and_required(tmp_path):
-    dip = SCHEMAS["dip"]
+    dip = get_schema("dip")
     row = random_sample(dip, "k", np.random.default_rng(3))
     names = dip.member_names(row)
     assert names[:3] == ["ref", "win", "lose"] and "mask_0" in names and "json" in names
@@ -82,17 +82,19 @@ def test_config_yaml_and_overrides(tmp_path):
 
 
 def test_every_profile_loads_into_its_typed_config():
-    from pipelines.synthetic import SyntheticConfig
-    from configs import PIPELINE_CONFIGS
+    from runtime.registry import datasets, pipelines
     from tests.conftest import ROOT
 
-    classes = dict(PIPELINE_CONFIGS, synthetic=SyntheticConfig)
     files = sorted((ROOT / "configs").glob("*.yaml"))
-    assert {f.name.split(".")[0] for f in files} == {"dip", "multiid", "uper", "iapo", "synthetic", "train"}
+    known = pipelines()
+    assert {f.name.split(".")[0] for f in files} <= set(known)  # every YAML belongs to a registered pipeline
     for f in files:
-        pipeline = f.name.split(".")[0]
-        cfg = load_config(classes[pipeline], f)
+        cfg = load_config(known[f.name.split(".")[0]].config, f)
         assert cfg.profile == ("gpu" if ".gpu." in f.name else "tiny")
+    for spec in datasets().values():  # and every dataset declares a tiny and a gpu profile that load
+        assert {"tiny", "gpu"} <= set(spec.profiles), spec.name
+        for path in spec.profiles.values():
+            load_config(spec.config, path)
 
 
 def test_paper_thresholds_are_named_defaults():

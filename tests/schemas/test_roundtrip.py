@@ -4,16 +4,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas import load_manifest, read_samples, validate
-from schemas.registry import SCHEMAS
+from schemas.registry import get_schema, schemas
 from tests.helpers import plain, synthetic_rows, write_rows
 
 N = 10
 
 
 
-@pytest.mark.parametrize("dataset", sorted(SCHEMAS))
+@pytest.mark.parametrize("dataset", sorted(schemas()))
 def test_round_trip(ray_local, tmp_path, dataset):
-    schema = SCHEMAS[dataset]
+    schema = get_schema(dataset)
     rows = synthetic_rows(dataset, N)
     out = str(tmp_path / dataset)
     summary = write_rows(rows, out, dataset, target_samples=4, config={"note": "round trip"})

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from schemas import load_manifest, read_samples, validate
-from schemas.registry import SCHEMAS
+from schemas.registry import get_schema, schemas
 from schemas.store import resolve_filesystem
 from tests.helpers import plain, synthetic_rows, write_rows
 from tests.s3server import ALL_ACTIONS, SeaweedS3, find_weed
@@ -76,7 +76,7 @@ def ray_s3(s3):
 
 
 def check_dataset(uri: str, dataset: str, rows: list[dict], fs: pafs.FileSystem | None = None) -> None:
-    schema = SCHEMAS[dataset]
+    schema = get_schema(dataset)
     keys = {r["key"] for r in rows}
 
     manifest = load_manifest(uri, filesystem=fs)
@@ -128,7 +128,7 @@ def check_dataset(uri: str, dataset: str, rows: list[dict], fs: pafs.FileSystem 
     assert (report.samples, report.shards, report.uncommitted) == (N, len(per_shard), [])
 
 
-@pytest.mark.parametrize("dataset", sorted(SCHEMAS))
+@pytest.mark.parametrize("dataset", sorted(schemas()))
 def test_round_trip_via_env(ray_s3, dataset):
     rows = synthetic_rows(dataset, N, seed=7)
     uri = f"s3://{ENV_BUCKET}/run/{dataset}"

@@ -150,12 +150,12 @@ def test_examples_read_the_train_split_and_skip_a_missing_reference(multiid_dir)
     from trainer.data import examples
 
     skipped, selected = Counter(), {}
-    got = list(examples(str(multiid_dir), SIZE, epochs=1, skipped=skipped, selected=selected))
+    got = list(examples(str(multiid_dir), SIZE, objective="id", epochs=1, skipped=skipped, selected=selected))
     assert sorted(e["prompt"] for e in got) == ["photo 0", "photo 3"]
     assert skipped == Counter({"no_reference": 1})
     assert selected == {"split": "train", "manifest_rows": 3}
     assert got[0]["ref"].shape == (SIZE, SIZE, 3) and got[0]["identities"] == [7]
-    everything = list(examples(str(multiid_dir), SIZE, split=None, epochs=1, selected=selected))
+    everything = list(examples(str(multiid_dir), SIZE, objective="id", split=None, epochs=1, selected=selected))
     assert sorted(e["prompt"] for e in everything) == ["photo 0", "photo 1", "photo 3"]
     assert selected == {"split": None, "manifest_rows": 4}
 

@@ -14,10 +14,12 @@ MODELS = ROOT / "out" / "tiny-models"
 @pytest.fixture(scope="module")
 def flux():
     """The tiny FLUX with a LoRA whose B is not zero, so the policy is not the base model."""
-    import builders
+    import trainer.rewards  # noqa: F401  (declares the clip and hps roles)
+    import workers  # noqa: F401
+    from runtime.roles import ensure
     from trainer.model import SubjectFlux
 
-    builders.ensure(MODELS, ["text_to_image", "clip", "hps", "image_encoder"])
+    ensure(MODELS, ["text_to_image", "clip", "hps", "image_encoder"])
     model = SubjectFlux(str(MODELS / "text_to_image"), lora_rank=4)
     torch.manual_seed(1)
     with torch.no_grad():

@@ -9,9 +9,10 @@ from stages.subject_reward import subject_reward
 
 @pytest.fixture(scope="module")
 def dinov2(tmp_path_factory):
-    import builders
+    import workers  # noqa: F401
+    from runtime.roles import ensure
 
-    return str(builders.ensure(tmp_path_factory.mktemp("models"), ["image_encoder"])["image_encoder"])
+    return str(ensure(tmp_path_factory.mktemp("models"), ["image_encoder"])["image_encoder"])
 
 
 def test_penalty_above_the_copy_paste_similarity(dinov2):

@@ -165,7 +165,7 @@ def test_a_bad_sample_is_skipped_with_its_reason(dip_tiny, tmp_path):
     m[m["key"].isin(keys)].assign(shard="dip-000000").to_parquet(bad_dir / "manifest" / "dip-000000.parquet")
 
     skipped = Counter()
-    got = list(examples(str(bad_dir), 64, epochs=1, skipped=skipped))
+    got = list(examples(str(bad_dir), 64, objective="focus_dpo", epochs=1, skipped=skipped))
     assert skipped == Counter({"missing_member": 1, "mask_size": 1})
     assert len(got) == len(keys) - 2
     # more steps than the shard has samples: the stream passes both bad ones and goes on

@@ -1,4 +1,4 @@
-"""The simulated accelerators (workers/simulated.py) on the inputs of benchmarks/sim_inputs.py, in
+"""The simulated accelerators (workers/simulated.py) on each dataset spec's simulated inputs, in
 this process (no Ray cluster): each pipeline's gpu config takes every input to a sample, each role
 gives the real worker's shapes, dtypes and sizes, and a batch asks for the cost table's sleep.
 
@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from benchmarks.sim_inputs import make_inputs
-from configs import DIPConfig, IAPOConfig, MultiIDConfig, UPERConfig
 from runtime.config import load_config
-from runtime.costs import DEFAULT_COSTS, Cost
+from runtime.costs import Cost, load_costs
+from runtime.execute import local
+from runtime.registry import get_dataset
 from runtime.rows import batch_of, rows_of
 from stages.keys import sample_key
 from stages.masks import mask_gate
@@ -23,7 +23,6 @@ from stages.prompts import (CAPTION_PREFIX, CAPTION_PROMPTS, attributes_prompt, 
                             parse_caption, parse_judge, parse_planner, parse_rating, parse_region_caption,
                             planner_prompt, rating_prompt, region_caption_prompt)
 from stages.rubric import parse_rubric, rubric_prompt
-from tests.conftest import ROOT
 from workers import simulated as sim
 from workers.aesthetic import Aesthetic
 from workers.background_removal import BackgroundRemoval
@@ -36,7 +35,7 @@ from workers.text_detection import TextDetection
 from workers.text_to_image import TextToImage
 from workers.vlm import VLM
 
-CONFIGS = {"dip": DIPConfig, "multiid": MultiIDConfig, "uper": UPERConfig, "iapo": IAPOConfig}
+DEFAULT_COSTS = load_costs()
 
 
 def worker(real, costs=DEFAULT_COSTS, time_scale=0.0, events=None, **kwargs):
@@ -62,11 +61,12 @@ def jpeg(image, quality=95) -> bytes:
 # --- every input to a sample, gpu configs as they are --------------------------------------------
 
 def gpu_config(name, tmp_path, n, side):
-    return load_config(CONFIGS[name], ROOT / "configs" / f"{name}.gpu.yaml", make_inputs(name, tmp_path, n, side))
+    spec = get_dataset(name)
+    return load_config(spec.config, spec.profiles["gpu"], spec.simulated.inputs(tmp_path, n, side))
 
 
 def samples(plan, rows, values=None):
-    out = plan.check().run_local(rows, values)
+    out, _ = local(plan.check(), rows, values)
     assert [(r.get("reject_stage"), r.get("reject_reason")) for r in out if r.get("reject_reason")] == []
     return out
 
@@ -76,7 +76,7 @@ def test_dip_every_prompt_is_a_sample(tmp_path):
 
     cfg = gpu_config("dip", tmp_path, 6, 256)
     rows = dip.source_rows(cfg)
-    out = samples(dip.plan(cfg, sim.simulated_workers(dip.WORKERS, DEFAULT_COSTS, 0)), rows)
+    out = samples(dip.plan(cfg, sim.simulated_workers(DEFAULT_COSTS, 0)), rows)
     assert sorted(r["key"] for r in out) == sorted(r["key"] for r in rows) and len(rows) == 6
     assert sorted(r["n_subjects"] for r in out)[-1] >= 2  # the multi-subject prompts too
     for r in out:
@@ -90,7 +90,7 @@ def test_uper_every_diptych_is_a_sample(tmp_path):
     cfg = gpu_config("uper", tmp_path, 5, 256)
     assert cfg.source == "diptych"
     rows = pq.read_table(cfg.pairs).to_pylist()  # what ray.data.read_parquet gives the plan
-    out = samples(uper.plan(cfg, sim.simulated_workers(uper.WORKERS, DEFAULT_COSTS, 0)), rows)
+    out = samples(uper.plan(cfg, sim.simulated_workers(DEFAULT_COSTS, 0)), rows)
     assert len(out) == 5
     for r in out:
         assert r["rating"] == 5 and r["attributes_present"] == 1.0
@@ -103,7 +103,7 @@ def test_iapo_every_pair_is_a_sample(tmp_path):
 
     cfg = gpu_config("iapo", tmp_path, 5, 256)
     rows = pq.read_table(cfg.pairs).to_pylist()
-    out = samples(iapo.plan(cfg, sim.simulated_workers(iapo.WORKERS, DEFAULT_COSTS, 0)), rows)
+    out = samples(iapo.plan(cfg, sim.simulated_workers(DEFAULT_COSTS, 0)), rows)
     assert len(out) == 5
     for r in out:
         assert r["n_instances"] == 2 and r["n_dropped"] == 0 and r["n_unjudged"] == 0
@@ -126,13 +126,11 @@ def test_multiid_bank_forms_and_every_group_photo_matches(tmp_path):
     from pipelines import multiid
 
     cfg = gpu_config("multiid", tmp_path, 6, 384)  # 384 x 288: above min_side_px 256
-    bank_plan, group_plan = multiid.plans(cfg, sim.simulated_workers(multiid.WORKERS, DEFAULT_COSTS, 0))
-    gathered = {}
-    cluster = next(s for s in bank_plan.steps if s.kind == "gather")
-    cluster.fn = lambda rows, fn=cluster.fn: gathered.setdefault("bank", fn(rows))
+    bank_plan, group_plan = multiid.plans(cfg, sim.simulated_workers(DEFAULT_COSTS, 0))
     singles = multiid_rows(cfg, bank_plan)
-    refs = samples(bank_plan, singles)
-    bank = gathered["bank"]["bank"]
+    refs, run = local(bank_plan.check(), singles)
+    assert not [r for r in refs if r.get("reject_reason")]
+    bank = run.gathered["bank"]
     assert len(refs) == len(singles) == 3 * 3 and len(bank.identities) == 3  # max(2, 6 // 2) identities
     groups = multiid_rows(cfg, group_plan)
     out = samples(group_plan, groups, {"centers": bank.centers, "identity_ids": bank.ids, "previous_held_out": None,
@@ -311,8 +309,8 @@ def test_one_sleep_per_batch_of_the_plan(sleeps, tmp_path):
     from pipelines import iapo
 
     cfg = gpu_config("iapo", tmp_path, 20, 64)  # vlm and grounding batches of 16: 16 + 4 rows
-    plan = iapo.plan(cfg, sim.simulated_workers(iapo.WORKERS, DEFAULT_COSTS, 0)).check()
-    plan.run_local(pq.read_table(cfg.pairs).to_pylist())
+    plan = iapo.plan(cfg, sim.simulated_workers(DEFAULT_COSTS, 0)).check()
+    local(plan, pq.read_table(cfg.pairs).to_pylist())
     assert len(sleeps) == 4 * 2 and sleeps == [0.0] * 8  # planner, ground_0, ground_1, judge; time scale 0
 
 
@@ -360,6 +358,7 @@ def test_a_role_without_cost_or_outputs_is_an_error():
 
     class Other(VLM):
         role = "other"
+        simulated = None  # a worker that declares no simulated outputs
 
-    with pytest.raises(ValueError, match="no simulated outputs"):
+    with pytest.raises(ValueError, match="Other \\(role 'other'\\) declares no simulated outputs"):
         sim.simulated(Other, DEFAULT_COSTS)

@@ -296,8 +296,8 @@ def test_head_of_the_wrong_width(tiny_aesthetic, tmp_path):
 
 
 def test_aesthetic_builder_is_registered():
-    import builders
     from builders import aesthetic
+    from runtime.roles import Builder, buildable, get_role
 
-    assert builders.BUILDERS["aesthetic"] == ("builders.aesthetic", {})
-    assert "aesthetic" in builders.FULL_ROLES and callable(aesthetic.build_full)
+    assert get_role("aesthetic").builder == Builder("builders.aesthetic")
+    assert "aesthetic" in buildable("full") and callable(aesthetic.build_full)

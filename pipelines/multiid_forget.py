@@ -1,5 +1,6 @@
-"""Identity takedown for MultiID (WithAnyone, seed 002): `forget` removes a person from a built
-output folder, and `read_tombstones` tells a later run what must never come back.
+"""Identity takedown for MultiID (WithAnyone, seed 002), a dataset tool beside its pipeline:
+`forget` removes a person from a built output folder (`subjectforge forget multiid`), and
+`read_tombstones` tells a later run (pipelines/multiid.py) what must never come back.
 
 What goes, for each forgotten identity:
 - every `multiid_refs` sample of it (its manifest `identity_id`, or a key the bank lists among its
@@ -29,7 +30,6 @@ files and tars without a manifest are removed first, as a pipeline run does.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import io
 import json
@@ -48,13 +48,15 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from runtime.card import write_card
+from runtime.registry import get_output
 from schemas.contract import to_jsonable
-from schemas.registry import get_schema
+from schemas.multiid import REFS_SCHEMA, SCHEMA
 from schemas.runs import dataset_counts
 from schemas.store import DatasetDir, dataset_uri, read_json
-from schemas.tars import archive_end, padded, write_member
+from schemas.tars import KEEP, rewrite
 
-GROUPS, REFS = "multiid", "multiid_refs"
+GROUPS, REFS = SCHEMA.name, REFS_SCHEMA.name
 DEFAULT_THRESHOLD = 0.4  # section 3's retrieval threshold: a face this close may be the person
 SIMILARITY_SLACK = 1e-6  # a face exactly at the threshold is not lost to float32 rounding
 UNASSIGNED = -1
@@ -389,10 +391,19 @@ def _read_members(d: DatasetDir, name: str, suffix: str, keys: set[str]) -> dict
 def _rewrite_shard(d: DatasetDir, name: str, manifest: pa.Table, drop: set[str], scrub: set[str],
                    ids: set[int]) -> None:
     """The shard without `drop`'s members: every kept member's tar record copied byte for byte
-    (header and data); the json member of a `scrub` key re-encoded without the ids. Then the
-    store's order: tar, then manifest."""
+    (schemas/tars.rewrite, the writer's layout); the json member of a `scrub` key re-encoded without
+    the ids. Then the store's order: tar, then manifest."""
     tar_path, mpath = d.shard_path(name), d.manifest_path(name)
     tar_tmp = d.tmp_path(tar_path)
+
+    def edit(member, read):
+        key, _, rest = member.name.partition(".")
+        if key in drop:
+            return None
+        if key in scrub and rest == "json.json":
+            return json.dumps(to_jsonable(_scrub(json.loads(read()), ids)), allow_nan=False).encode()
+        return KEEP
+
     with contextlib.ExitStack() as stack:
         if d.local:
             src = stack.enter_context(d.fs.open_input_file(tar_path))
@@ -401,45 +412,12 @@ def _rewrite_shard(d: DatasetDir, name: str, manifest: pa.Table, drop: set[str],
             with d.fs.open_input_stream(tar_path) as remote:
                 shutil.copyfileobj(remote, src, 1 << 20)
             src.seek(0)
-        with tarfile.open(fileobj=src, mode="r:") as tar:
-            members = list(tar)
         with d.fs.open_output_stream(tar_tmp) as dst:
-            src.seek(0)
-            written = _copy(src, members[0].offset if members else 0, dst)  # e.g. a pax global header
-            for m in members:
-                key, _, rest = m.name.partition(".")
-                if key in drop:
-                    continue
-                if key in scrub and rest == "json.json":
-                    src.seek(m.offset_data)
-                    meta = _scrub(json.loads(src.read(m.size)), ids)
-                    written += _write_member(dst, m, json.dumps(to_jsonable(meta), allow_nan=False).encode())
-                else:
-                    src.seek(m.offset)
-                    written += _copy(src, m.offset_data + padded(m.size) - m.offset, dst)
-            dst.write(archive_end(written))
+            rewrite(src, dst, edit)
     manifest_tmp = d.tmp_path(mpath)
     pq.write_table(manifest, manifest_tmp, filesystem=d.fs)
     d.commit(tar_tmp, tar_path)  # tar first: the manifest, renamed last, is the commit
     d.commit(manifest_tmp, mpath)
-
-
-def _copy(src, n: int, dst) -> int:
-    left = n
-    while left > 0:
-        chunk = src.read(min(left, 1 << 20))
-        if not chunk:
-            raise OSError("tar shorter than its headers say")
-        dst.write(chunk)
-        left -= len(chunk)
-    return n
-
-
-def _write_member(dst, info: tarfile.TarInfo, data: bytes) -> int:
-    """The member again with new data: its own header fields, the new size."""
-    m = copy.copy(info)
-    m.size = len(data)
-    return write_member(dst, m.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), data)
 
 
 # --- rejects ---------------------------------------------------------------------------------------
@@ -596,7 +574,8 @@ def _record_takedown(d: DatasetDir, record: dict, ids: set[int]) -> None:
     split = info.get("bench_split")
     if d.dataset == GROUPS and isinstance(split, dict):
         info["bench_split"] = _bench_split_without(d, split, ids)
-    d.write_info(info, get_schema(d.dataset))
+    d.write_info(info)
+    write_card(d, get_output(d.dataset), info)
 
 
 def _bench_split_without(d: DatasetDir, split: dict, ids: set[int]) -> dict:

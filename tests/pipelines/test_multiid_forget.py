@@ -1,4 +1,4 @@
-"""Identity takedown (schemas/forget.py) on a MultiID output written by hand (no pipeline, no Ray):
+"""Identity takedown (pipelines/multiid_forget.py) on a MultiID output written by hand (no pipeline, no Ray):
 the identity's references, every group photo any face of which reaches its center, its bank row
 and rejects go; everything else stays byte for byte; a crash between shards is finished by a rerun."""
 import hashlib
@@ -14,9 +14,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from schemas import forget as fg
+from pipelines import multiid_forget as fg
+from pipelines.multiid_forget import ForgetError, forget, read_tombstones
 from schemas.contract import REJECT_SCHEMA, encode_member
-from schemas.forget import ForgetError, forget, read_tombstones
 from schemas.multiid import REFS_SCHEMA, SCHEMA
 from schemas.runs import dataset_counts
 from schemas.store import DatasetDir

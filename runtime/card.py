@@ -1,6 +1,7 @@
-"""The dataset card: `OUT/<dataset>/README.md` in the Hugging Face dataset-card format, rewritten
-with dataset.json (`DatasetDir.write_info`), so what a folder says of itself is never older than
-its last run, takedown or bench split.
+"""The dataset card: `OUT/<dataset>/README.md` in the Hugging Face dataset-card format, written from
+dataset.json and the dataset's spec (its paper, title, sections: runtime/registry.py) by whatever
+writes dataset.json above the data contract: the driver after each plan's write and hooks, the
+takedown, so what a folder says of itself is never older than its last run, takedown or bench split.
 
 The YAML header is `huggingface_hub`'s DatasetCardData with `datasets`' own `dataset_info` (the
 features of the tar members as `load_dataset("webdataset", ...)` yields them, the json member a
@@ -16,15 +17,7 @@ dataset (dataset.json `members`); a sample without one of them reads None there.
 from __future__ import annotations
 
 from schemas.contract import DatasetSchema
-
-# the seed paper each dataset follows (../shared/seeds/README.md)
-SEEDS = {
-    "dip": ("FocusDPO", "000", "section 4.1 and appendix B"),
-    "multiid": ("WithAnyone (MultiID-2M)", "002", "section 3 and appendix C; bench split: section 4, appendix D"),
-    "multiid_refs": ("WithAnyone (MultiID-2M)", "002", "section 3: the ArcFace reference bank"),
-    "uper": ("UPER", "001", "section 3.2.1 and appendix B.4"),
-    "iapo": ("IAPO supplementary", "003", "Fig. II and eq. 1"),
-}
+from schemas.store import DatasetDir
 SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
          (10_000_000, "1M<n<10M"))
 
@@ -53,8 +46,18 @@ def features(schema: DatasetSchema, members: list[str]):
     return Features(out)
 
 
-def card_text(schema: DatasetSchema, info: dict) -> str:
-    """README.md of a dataset folder from its dataset.json."""
+def write_card(d: DatasetDir, output, info: dict) -> None:
+    """OUT/<dataset>/README.md of `d` from its dataset.json `info`; `output`: its registry Output."""
+    d.write_bytes_atomic(d.sub("README.md"), card_text(output.schema, info, output).encode())
+
+
+def card_text(schema: DatasetSchema, info: dict, output=None) -> str:
+    """README.md of a dataset folder from its dataset.json (`output`: the registry's Output of the
+    schema, looked up when not given)."""
+    if output is None:
+        from runtime.registry import get_output
+
+        output = get_output(schema.name)
     from datasets import DatasetInfo, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -74,18 +77,19 @@ def card_text(schema: DatasetSchema, info: dict) -> str:
     )
     DatasetInfosDict({"default": DatasetInfo(features=features(schema, info.get("members") or []),
                                              splits=splits)}).to_dataset_card_data(data)
-    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body(schema, info)}").content
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body(schema, info, output)}").content
 
 
-def body(schema: DatasetSchema, info: dict) -> str:
+def body(schema: DatasetSchema, info: dict, output) -> str:
+    from runtime.registry import spec_of_output
+
     counts = info.get("counts") or {}
     config = info.get("config") or {}
-    paper, seed, where = SEEDS.get(schema.name, ("", "", ""))
+    paper = spec_of_output(schema.name).paper
     runs = info.get("runs") or []
-    lines = [f"# subjectforge {schema.name}", ""]
-    if paper:
-        lines += [f"Built by [subjectforge](https://github.com/subjectforge/subjectforge) following {paper} "
-                  f"(seed {seed}: {where}).", ""]
+    lines = [f"# subjectforge {schema.name}: {output.title}", "",
+             f"Built by [subjectforge](https://github.com/subjectforge/subjectforge) following {paper.title} "
+             f"(seed {paper.seed}: {output.sections}).", ""]
     lines += ["## Counts", "",
               f"- samples: {counts.get('samples', 0)}",
               f"- shards: {counts.get('shards', 0)} (`shards/*.tar`, one Parquet manifest each in `manifest/`)",
