@@ -319,6 +319,8 @@ def main(argv=None) -> dict:
     p.add_argument("--splits", action="store_true", help="DIP: auto against the best hand-written split, "
                                                          "default table and VLM 5x slower")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
+                   help="a config override for every run (repeatable), e.g. ray.prewarm_workers=2")
     p.add_argument("--json")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one run in this process
     args = p.parse_args(argv)
@@ -332,7 +334,7 @@ def main(argv=None) -> dict:
         for name in [x for x in args.pipelines.split(",") if x]:
             n = args.n or get_dataset(name).simulated.n
             scale = args.time_scale or get_dataset(name).simulated.time_scale
-            r = run(name, args, args.costs, [], Path(tmp) / name, n, scale)
+            r = run(name, args, args.costs, list(args.overrides), Path(tmp) / name, n, scale)
             print_run(r, args.gpus)
             report["runs"].append(r)
         if args.splits:
@@ -358,8 +360,9 @@ def compare_splits(args, work: Path) -> list[dict]:
         best = hand_splits(plan, args.gpus, table)[0]
         sim = get_dataset("dip").simulated
         n, scale = args.n or sim.n, args.time_scale or sim.time_scale
-        auto = run("dip", args, str(path), [f"cost_table={path}"], work / f"auto-{len(out)}", n, scale)
-        hand = run("dip", args, str(path), fixed_overrides(best["roles"]), work / f"hand-{len(out)}", n, scale)
+        auto = run("dip", args, str(path), [f"cost_table={path}", *args.overrides], work / f"auto-{len(out)}", n, scale)
+        hand = run("dip", args, str(path), fixed_overrides(best["roles"]) + args.overrides, work / f"hand-{len(out)}",
+                   n, scale)
         ratio = auto["measured_per_hour"] / hand["measured_per_hour"]
         print(f"dip {label} table: auto {auto['measured_per_hour']:.0f} samples/h (bound {auto['bound_per_hour']:.0f}), "
               f"best hand-written split {best['roles']} {hand['measured_per_hour']:.0f} samples/h (bound "

@@ -13,15 +13,16 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import trainer.rewards  # noqa: F401  (declares the reward models' roles, which ensure_for builds)
 from configs import TrainConfig
 from runtime.driver import parse_args
 from runtime.registry import Pipeline, register
 from runtime.roles import ensure_for
-from trainer.loop import train
 
 
 def main(argv=None) -> dict:
+    import trainer.rewards  # noqa: F401  (declares the reward models' roles, which ensure_for builds)
+    from trainer.loop import train
+
     cfg, out = parse_args(__doc__.splitlines()[0], TrainConfig, argv)
     ensure_for(cfg)  # tiny profile: the random-weight FLUX the config points at
     if cfg.workers <= 1:
@@ -47,6 +48,8 @@ def train_on_ray(cfg: TrainConfig, out: str) -> dict:
     out = str(Path(out).resolve()) if "://" not in out else out
 
     def loop(config):
+        from trainer.loop import train
+
         ctx = ray.train.get_context()
         summary = train(TrainConfig(**config), out, rank=ctx.get_world_rank(), world=ctx.get_world_size())
         ray.train.report(summary)

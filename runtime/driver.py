@@ -66,11 +66,14 @@ def start_ray(cfg: PipelineConfig, modules=()) -> None:
 
 
 def stage_modules(plans) -> list[str]:
-    """The modules of the plans' CPU step functions: what a CPU task imports first."""
+    """The modules of the plans' CPU step functions: what a CPU task imports first (a gather's
+    function runs on the driver)."""
+    from runtime.steps import Cpu
+
     out = []
     for plan in plans:
         for s in plan.steps:
-            fn = getattr(s, "fn", None)
+            fn = s.fn if isinstance(s, Cpu) else None
             while isinstance(fn, partial):
                 fn = fn.func
             name = getattr(fn, "__module__", None)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from runtime.plan import Plan, PlanError, SchemaColumns
-from runtime.steps import Model, Step
+from runtime.steps import Gather, Model, Step
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Run:
     seconds: dict = field(default_factory=dict)  # local: step -> seconds of work
     loads: dict = field(default_factory=dict)  # local: model step -> seconds to construct its worker
     refs: dict = field(default_factory=dict)  # value name -> Ray object ref (put once, shared by tasks)
+    nothing_left: bool = False  # resume dropped every row: the steps after it do not run
 
     def __post_init__(self):
         self.plan.check()
@@ -65,6 +66,10 @@ class Executor:
 
     def execute(self, plan: Plan, data, run: Run):
         for s in plan.steps:
+            if run.nothing_left:  # every input committed: the gathers see no rows, nothing else runs
+                if isinstance(s, Gather):
+                    s.gather([], run)
+                continue
             data = self.bind(s, data, run)
         return data
 

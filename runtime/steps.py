@@ -204,7 +204,19 @@ class Resume(Step):
     def on_ray(self, ds, run):
         done = self.committed(run)
         run.log(f"{run.plan.name}: {len(done)} keys already committed")
-        return drop_keys(ds, done) if done else ds
+        if not done:
+            return ds
+        ds = drop_keys(ds, done)
+        # A rerun of a finished run: nothing is left, so no model pool is started (a production
+        # model takes minutes to load on every GPU of the cluster). Finding that out reads the
+        # source up to here once more, only on a rerun, and stops at the first row left.
+        if ds.limit(1).count() == 0:
+            import ray
+
+            run.nothing_left = True
+            run.log(f"{run.plan.name}: every input is committed, nothing to run")
+            return ray.data.from_items([])
+        return ds
 
     def on_local(self, rows, run):
         done = self.committed(run)

@@ -26,7 +26,6 @@ from itertools import islice
 
 import pandas as pd
 import pyarrow.fs as pafs
-import webdataset as wds
 from braceexpand import braceexpand
 
 from schemas.contract import DatasetSchema, decode_member
@@ -102,13 +101,15 @@ def decode_sample(raw: dict, schema: DatasetSchema, decode: bool = True) -> dict
 def read_samples(source, *, dataset: str | None = None, manifest: pd.DataFrame | None = None,
                  shuffle: int = 0, resampled: bool = False, seed: int = 0, epoch: int = 0, decode: bool = True,
                  split_by_node: bool = True, split_by_worker: bool = True, rank: int | None = None,
-                 world: int | None = None, filesystem: pafs.FileSystem | None = None) -> wds.DataPipeline:
+                 world: int | None = None, filesystem: pafs.FileSystem | None = None):
     """Iterate decoded samples. `manifest`: a (filtered) manifest DataFrame; only its keys are read
     and shards holding none of them are never opened. `decode=False` keeps images as their bytes.
     `epoch` (with the same `seed` on every rank) reorders the shards before they are split, so
     each epoch gives a rank other shards. `rank` / `world`: this reader's part, by default
     torch.distributed's (or RANK / WORLD_SIZE), taken here and not in the DataLoader's workers,
     where a spawned worker has no process group."""
+    import webdataset as wds  # torch comes with it: imported when samples are read, not for a manifest
+
     fs, shards = resolve_shards(source, filesystem)
     keys = None
     if manifest is not None:

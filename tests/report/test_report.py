@@ -244,5 +244,5 @@ def test_dip_review_list_is_the_scores_next_to_the_gates(ray_local, tmp_path, ca
 
     uper = tmp_path / "uper"
     write_rows(synthetic_rows("uper", 2), str(uper), "uper", target_samples=8)
-    assert cli(["report", str(uper), "--review"]) == 2 and "the review list is DIP's" in capsys.readouterr().err
+    assert cli(["report", str(uper), "--review"]) == 2 and "has no review list (DIP's" in capsys.readouterr().err
     assert build_report(str(uper), tmp_path / "u")["review"] is None and not (tmp_path / "u" / "review.csv").exists()

@@ -45,16 +45,18 @@ def test_a_killed_holder_on_this_host_is_taken_over_at_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_second_concurrent_run_on_one_folder_exits_at_start_naming_the_holder(tmp_path):
+def test_a_second_concurrent_run_on_one_folder_exits_at_start_naming_the_holder(tmp_path, session_env):
+    """Two runs on one folder, each a process of its own joined to this session's Ray."""
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "pipelines/synthetic.py"), "--config", str(ROOT / "configs/synthetic.tiny.yaml"),
            "--out", str(out), "--set", "samples=40", "--set", "work_seconds=0.5", "--set", "ray.num_cpus=2"]
-    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                             env=session_env)
     try:
         wait_for(lambda: (out / "dip" / LEASE).exists(), 120, "the first run's lease")
         holder = json.loads((out / "dip" / LEASE).read_text())
         t0 = time.time()
-        second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=session_env)
         assert second.returncode == 1 and time.time() - t0 < 60  # at start, before any Ray work
         assert f"being written by run {holder['run_id']}" in second.stderr and f"pid {holder['pid']}" in second.stderr
         assert first.wait(timeout=300) == 0

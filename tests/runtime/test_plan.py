@@ -2,8 +2,6 @@
 their last reader, undeclared writes and programming errors failing loudly, `subjectforge plan`."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from functools import partial
 
 import pyarrow as pa
@@ -146,31 +144,35 @@ def test_every_model_step_declares_its_worker_columns():
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
-def test_subjectforge_plan_prints_every_step(pipeline):
-    out = subprocess.run([sys.executable, "-m", "runtime.cli", "plan", pipeline, "--config",
-                          str(ROOT / f"configs/{pipeline}.tiny.yaml")], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
+def test_subjectforge_plan_prints_every_step(pipeline, capsys):
+    from runtime.cli import main
+
+    code = main(["plan", pipeline, "--config", str(ROOT / f"configs/{pipeline}.tiny.yaml")])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
     spec = get_pipeline(pipeline)
     cfg = load_config(spec.config, ROOT / f"configs/{pipeline}.tiny.yaml")
     for plan in spec.plans(cfg, None):
         for i, s in enumerate(plan.check().steps, 1):
-            assert f"{i:>2}. {s.name} " in out.stdout
+            assert f"{i:>2}. {s.name} " in printed.out
             if s.reads:
-                assert "reads    " + ", ".join(s.reads) in out.stdout
+                assert "reads    " + ", ".join(s.reads) in printed.out
             if s.writes:
-                assert "writes   " + ", ".join(s.writes) in out.stdout
+                assert "writes   " + ", ".join(s.writes) in printed.out
 
 
-def test_subjectforge_plan_usage_errors_exit_2_with_one_line(tmp_path):
-    def plan(*args):
-        return subprocess.run([sys.executable, "-m", "runtime.cli", "plan", *args], capture_output=True, text=True,
-                              cwd=ROOT)
+def test_subjectforge_plan_usage_errors_exit_2_with_one_line(tmp_path, capsys):
+    from runtime.cli import main
 
     for args, words in ((["dip", "--config", str(tmp_path / "none.yaml")], "no such file"),
-                        (["dip", "--config", "configs/dip.tiny.yaml", "--set", "no_such_field=1"], "no_such_field"),
-                        (["nope", "--config", "configs/dip.tiny.yaml"], "unknown pipeline")):
-        out = plan(*args)
-        assert out.returncode == 2 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+                        (["dip", "--config", str(ROOT / "configs/dip.tiny.yaml"), "--set", "no_such_field=1"],
+                         "no_such_field"),
+                        (["nope", "--config", str(ROOT / "configs/dip.tiny.yaml")], "unknown pipeline"),
+                        (["train", "--config", str(ROOT / "configs/train.tiny.yaml")], "train has no plan")):
+        code, err = main(["plan", *args]), capsys.readouterr().err
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    # the CLI is the one way in: a path is no pipeline name
+    assert main(["run", "pipelines/dip.py"]) == 2 and "unknown pipeline 'pipelines/dip.py'" in capsys.readouterr().err
 
 
 def test_batch_steps_take_gathered_values_and_reject_per_row():

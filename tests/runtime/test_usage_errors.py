@@ -21,10 +21,15 @@ def run(*args, timeout=120):
     (["--set", "source=prompts"], "input prompts_file: not set"),
     (["--set", "n_single"], "--set expects a.b=value"),
 ])
-def test_config_mistakes_exit_2_with_one_line(args, words, tmp_path):
-    out = run("pipelines/dip.py", "--config", "configs/dip.tiny.yaml", "--out", str(tmp_path), *args)
-    assert out.returncode == 2 and words in out.stderr, out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+def test_config_mistakes_exit_2_with_one_line(args, words, tmp_path, capsys):
+    """DIP's main, as `python pipelines/dip.py` runs it (the next test runs the script itself)."""
+    from pipelines import dip
+
+    with pytest.raises(SystemExit) as e:
+        dip.main(["--config", str(ROOT / "configs/dip.tiny.yaml"), "--out", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and words in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "dip").exists()  # nothing started
 
 

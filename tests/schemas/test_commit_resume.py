@@ -92,12 +92,13 @@ def test_rerun_does_no_model_work_and_changes_nothing(ray_local, tmp_path):
     assert first["counts"]["samples"] == 21 and first["counts"]["rejects"] == 9
 
 
-def test_sigkill_mid_run_then_rerun_has_every_key_once(ray_local, tmp_path):
+def test_sigkill_mid_run_then_rerun_has_every_key_once(ray_local, tmp_path, session_env):
     n = 160
     cmd = [sys.executable, str(ROOT / "pipelines/synthetic.py"), "--config", str(ROOT / "configs/synthetic.tiny.yaml"),
            "--out", str(tmp_path), "--set", f"samples={n}", "--set", "work_seconds=0.1", "--set", "batch_size=4",
            "--set", "write.target_shard_samples=8", "--set", "poison_every=9", "--set", "ray.num_cpus=2"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=session_env)  # its own job on this session's Ray
     manifests = tmp_path / "dip" / "manifest"
     try:
         wait_for(lambda: len(list(manifests.glob("dip-*.parquet"))) >= 2, 180, "two committed shards")

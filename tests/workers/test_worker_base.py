@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from runtime.rows import Reject, batch_of, rows_of
-from runtime.plan import pool_args
+from runtime.steps import Model
 from workers.base import Worker, image_of, text_of
 
 
@@ -74,7 +74,8 @@ def test_in_ray_data_actor_pool(ray_local):
 
     from configs import ModelSpec
 
-    args = pool_args(ModelSpec(model="none", dtype="float32", batch_size=3, concurrency=2), stage="bright")
+    spec = ModelSpec(model="none", dtype="float32", batch_size=3, concurrency=2)
+    args = Model("bright", role="brightness", cls=Brightness, spec=spec).pool_args(spec)
     assert args["compute"].min_size == args["compute"].max_size == 2
     # a source of mixed rows (arrays, None, bytes) goes in as one object-typed table, see batch_of
     got = {r["key"]: r for r in ray.data.from_arrow(batch_of(rows())).map_batches(Brightness, **args).take_all()}
@@ -115,7 +116,8 @@ def test_driver_built_source_feeds_every_actor_of_a_pool(ray_local):
     assert ds.num_blocks() == 48 // MIN_BLOCK_ROWS
     assert ds.take_all() == rows_in  # order and values kept
     assert dataset_of([{"key": f"k{i}"} for i in range(MAX_BLOCKS * 10 + 1)]).num_blocks() <= MAX_BLOCKS
-    args = pool_args(ModelSpec(model="none", dtype="float32", batch_size=4, concurrency=2), stage="pid")
+    spec = ModelSpec(model="none", dtype="float32", batch_size=4, concurrency=2)
+    args = Model("pid", role="pid", cls=Pid, spec=spec).pool_args(spec)
     got = ds.map_batches(Pid, **args).take_all()
     assert sorted(r["key"] for r in got) == sorted(r["key"] for r in rows_in)
     assert len({r["pid"] for r in got}) == 2
