@@ -27,7 +27,7 @@ demo: $(VENV)/.installed
 	@echo "shards: $(OUT)/dip/shards  manifests: $(OUT)/dip/manifest  (pandas.read_parquet('$(OUT)/dip/manifest'))"
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py

@@ -33,7 +33,7 @@ from stages import iapo
 from stages.encode import encode_members
 from stages.synthetic import random_sample
 from trainer.data import iapo_example
-from workers.simulated import jpeg_bytes, photo
+from workers.simulated import jpeg_bytes, parquet_list, photo
 DIP_MEMBERS = ["win.jpg", "lose.jpg", "json.json"]
 SOURCES = {"pairs": iapo.PAIR_COLUMNS, "photos": iapo.PAIR_COLUMNS, "dip": ("__key__",) + tuple(DIP_MEMBERS)}
 
@@ -100,17 +100,11 @@ def manifest_fields(cfg: IAPOConfig) -> dict:
 def simulated_inputs(root, n: int, side: int = 1024, seed: int = 0) -> list[str]:
     """A Parquet of n Pick-a-Pic v2 rows: caption, jpg_0, jpg_1 as JPEG bytes at side x side,
     label_0 / label_1 one-hot, never a tie."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     rng = np.random.default_rng(seed)
     rows = [{"caption": f"a person walking a dog along a beach at sunset, picture {i}",
              "jpg_0": jpeg_bytes(photo(side, side, rng)), "jpg_1": jpeg_bytes(photo(side, side, rng)),
              "label_0": float(i % 2), "label_1": float(1 - i % 2)} for i in range(n)]
-    path = Path(root) / "iapo" / "pairs.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return [f"pairs={path}"]
+    return [f"pairs={parquet_list(rows, Path(root) / 'iapo' / 'pairs.parquet')}"]
 
 
 SPEC = register(DatasetSpec(

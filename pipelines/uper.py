@@ -29,7 +29,7 @@ from stages import uper
 from stages.encode import encode_members
 from stages.synthetic import random_sample
 from trainer.data import rl_example, uper_example
-from workers.simulated import jpeg_bytes, photo
+from workers.simulated import jpeg_bytes, parquet_list, photo
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -112,9 +112,6 @@ def simulated_inputs(root, n: int, side: int = 1024, seed: int = 0) -> list[str]
     """A Parquet of n Subjects200K rows: `image` = {"bytes", "path"} of a diptych, two side / 2
     halves each in a `diptych_padding` (8 px) white border, so side 1024 is Subjects200K's 1056 x 528;
     `description` = {"item", "description_0", "description_1"}."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     rng, half, p = np.random.default_rng(seed), side // 2, UPERConfig().diptych_padding
     rows = []
     for i in range(n):
@@ -125,10 +122,7 @@ def simulated_inputs(root, n: int, side: int = 1024, seed: int = 0) -> list[str]
         rows.append({"image": {"bytes": jpeg_bytes(canvas), "path": None},
                      "description": {"item": item, "description_0": f"a {item} on a white background",
                                      "description_1": f"a {item} on a wooden table in a sunlit kitchen, photo {i}"}})
-    path = Path(root) / "uper" / "pairs.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return [f"pairs={path}"]
+    return [f"pairs={parquet_list(rows, Path(root) / 'uper' / 'pairs.parquet')}"]
 
 
 SPEC = register(DatasetSpec(

@@ -6,9 +6,9 @@ model pool is placed (`<role>.resources: {gpu_node: 1}`). Jobs go in as the READ
 submit --working-dir . -- python pipelines/<name>.py ... --out s3://...`)."""
 from __future__ import annotations
 
-import json
+import dataclasses
+import functools
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -108,6 +108,25 @@ class Cluster:
         self.head = Node(shlex.split(HEAD.format(**ports)), env)
         self.gpu_node = Node(shlex.split(GPU_NODE.format(**ports)), env)
 
+    # The head's job and state APIs, called from this process as `ray job status` and `ray list`
+    # call them: a CLI process per poll (every 2 s while jobs run) would cost a 2-core machine a
+    # good part of a core, taken from the jobs it waits on.
+    @functools.cached_property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {(self.tmp / '.ray' / 'auth_token').read_text().strip()}"}
+
+    @functools.cached_property
+    def jobs(self):
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.address, headers=dict(self.headers))
+
+    @functools.cached_property
+    def state_api(self):
+        from ray.util.state import StateApiClient
+
+        return StateApiClient(self.address, headers=dict(self.headers, **{"Content-Type": "application/json"}))
+
     def ray(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "ray"), *args], env=self.env, capture_output=True, text=True, check=check)
 
@@ -121,18 +140,26 @@ class Cluster:
             time.sleep(1)
 
     def listed(self, kind: str, *filters: str) -> list[dict]:
-        """`ray list <kind> --detail` as JSON ([] when there is none: the CLI says so in words)."""
-        out = self.ray("list", kind, "--address", self.address, "--detail", "--format", "json", "--limit", "10000",
-                       *[a for f in filters for a in ("--filter", f)])
-        return json.loads(out.stdout) if out.returncode == 0 and out.stdout.lstrip().startswith("[") else []
+        """What `ray list <kind> --detail --filter ...` lists, as dicts ("state=ALIVE" filters)."""
+        from ray.util.state.common import ListApiOptions, StateResource
+
+        options = ListApiOptions(limit=10000, detail=True,
+                                 filters=[(k, "=", v) for k, v in (f.split("=", 1) for f in filters)])
+        listed = self.state_api.list(StateResource(kind), options=options, raise_on_missing_output=False)
+        return [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else dict(x) for x in listed]
 
     def gpu_node_ids(self) -> set[str]:
         return {n["node_id"] for n in self.listed("nodes") if n.get("resources_total", {}).get("gpu_node")}
 
-    def model_batches_done(self) -> int:
-        """Batches the GPU node's actors finished (actor tasks in Ray's state API)."""
+    def model_batches_done(self, job: str) -> int:
+        """Batches the GPU node's actors finished for the submitted `job` (its actor tasks in Ray's
+        state API; the tiny runs' tasks before it are there too)."""
+        job_id = self.jobs.get_job_info(job).job_id  # the driver's job id, once it has started
+        if job_id is None:
+            return 0
         gpu = self.gpu_node_ids()
-        return sum(t.get("node_id") in gpu for t in self.listed("tasks", "type=ACTOR_TASK", "state=FINISHED"))
+        tasks = self.listed("tasks", "type=ACTOR_TASK", "state=FINISHED", f"job_id={job_id}")
+        return sum(t.get("node_id") in gpu for t in tasks)
 
     def start_gpu_node(self) -> None:
         self.gpu_node.start()
@@ -169,20 +196,18 @@ def submit(c: Cluster, *command: str) -> str:
 
 def state(c: Cluster, job: str) -> str | None:
     """SUCCEEDED / FAILED / STOPPED once the job ended, else None."""
-    status = c.ray("job", "status", "--address", c.address, job)
-    # the CLI says "Job 'raysubmit_...' succeeded" (or failed / was stopped) on stderr
-    done = re.search(rf"Job '{job}' (?:was )?(succeeded|failed|stopped)", status.stdout + status.stderr)
-    return done.group(1).upper() if done else None
+    status = c.jobs.get_job_status(job)
+    return status.value if status.is_terminal() else None
 
 
 def wait(c: Cluster, job: str) -> tuple[str, str]:
     deadline = time.time() + JOB_LIMIT_S
     while time.time() < deadline:
         if (s := state(c, job)) is not None:
-            return s, c.ray("job", "logs", "--address", c.address, job).stdout
+            return s, c.jobs.get_job_logs(job)
         time.sleep(2)
-    c.ray("job", "stop", "--address", c.address, job)
-    return "TIMEOUT", c.ray("job", "logs", "--address", c.address, job).stdout
+    c.jobs.stop_job(job)
+    return "TIMEOUT", c.jobs.get_job_logs(job)
 
 
 def run_job(c: Cluster, *command: str) -> tuple[str, str]:
@@ -262,14 +287,15 @@ def stop_cluster(c: Cluster | None, s3: SeaweedS3 | None = None) -> None:
         shutil.rmtree(s3.workdir.parent, ignore_errors=True)
 
 
-def run_together(c: Cluster, commands: dict[str, list[str]]) -> dict[str, tuple[str, str]]:
-    """Submit every command at once (jobs share the cluster), then wait for each: {name: (state, logs)}.
-    A local file in out/ (SENTINEL) must not travel with the working dir."""
+def run_each(c: Cluster, commands: dict[str, list[str]]) -> dict[str, tuple[str, str]]:
+    """Submit each command and wait for it before the next: {name: (state, logs)}. One after another,
+    as four jobs at once ran slower on 2 cores (212 s against 163 s: actors' imports and model loads
+    fighting for the cores and the caches). A local file in out/ (SENTINEL) must not travel with the
+    working dir."""
     SENTINEL.parent.mkdir(exist_ok=True)
     SENTINEL.write_text("a local output: .rayignore keeps it off the cluster")
     try:
-        submitted = {name: submit(c, *command) for name, command in commands.items()}
-        return {name: wait(c, job) for name, job in submitted.items()}
+        return {name: run_job(c, *command) for name, command in commands.items()}
     finally:
         SENTINEL.unlink()
 

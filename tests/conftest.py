@@ -86,9 +86,9 @@ def tiny_config(name: str, tmp: Path, **overrides) -> Path:
 
 
 # The tiny profiles run once per session, as a user runs them on a cluster: the four jobs submitted
-# together to the two-node cluster of tests/cluster.py, every model pool on its GPU node, written to
-# S3, then read from local copies by every test that inspects them (the pipeline, report, trainer
-# and README tests); tests/e2e/test_cluster.py checks the same runs where they are, on S3.
+# one after another to the two-node cluster of tests/cluster.py, every model pool on its GPU node,
+# written to S3, then read from local copies by every test that inspects them (the pipeline,
+# report, trainer and README tests); tests/e2e/test_cluster.py checks the same runs on S3.
 TINY_ON_CLUSTER = {"dip": {"write": {"target_shard_samples": 8}}, "uper": {}, "iapo": {"max_pairs": 6}, "multiid": {}}
 
 
@@ -113,13 +113,13 @@ def cluster():
 def tiny_runs(cluster, tmp_path_factory) -> dict:
     """{dataset: (job state, job logs, config path, local copy of OUT)} of every tiny profile, run on
     the cluster to s3://datasets/<name>, each output copied here once it is written."""
-    from tests.cluster import BUCKET, download, profile, run_together
+    from tests.cluster import BUCKET, download, profile, run_each
 
     assets_or_skip()  # MultiID, UPER and IAPO read ../shared/assets
     tmp = tmp_path_factory.mktemp("tiny_profiles")
     configs = {name: profile(name, tmp / name, **overrides) for name, overrides in TINY_ON_CLUSTER.items()}
-    done = run_together(cluster, {name: ["python", f"pipelines/{name}.py", "--config", str(path),
-                                         "--out", f"s3://{BUCKET}/{name}"] for name, path in configs.items()})
+    done = run_each(cluster, {name: ["python", f"pipelines/{name}.py", "--config", str(path),
+                                     "--out", f"s3://{BUCKET}/{name}"] for name, path in configs.items()})
     return {name: (*done[name], configs[name],
                    download(cluster, f"{BUCKET}/{name}", tmp_path_factory.mktemp(f"{name}_tiny") / "out")
                    if done[name][0] == "SUCCEEDED" else None) for name in configs}

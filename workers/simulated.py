@@ -176,6 +176,17 @@ def jpeg_bytes(image: np.ndarray, quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
+def parquet_list(rows: list[dict], path) -> Path:
+    """Rows as one Parquet file (a crawl's list of inputs, the simulated benchmarks' source)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
 def ellipse(box, height: int, width: int) -> np.ndarray:
     """bool HxW: the ellipse inscribed in an xyxy box, what a mask of a rounded subject looks like."""
     x0, y0, x1, y1 = (float(v) for v in box)

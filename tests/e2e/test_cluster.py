@@ -4,7 +4,7 @@ touch one bucket), a head with token auth that runs the jobs' drivers and CPU st
 node joined with `ray start --address` that offers logical GPUs and a `gpu_node` resource, on which
 every model pool is placed (`<role>.resources: {gpu_node: 1}`). Every pipeline's tiny profile is
 submitted as the README says (`ray job submit --working-dir . -- python pipelines/<name>.py ...
---out s3://...`, all four at once: conftest's tiny_runs, whose outputs the other tests read) and
+--out s3://...`, one after another: conftest's tiny_runs, whose outputs the other tests read) and
 checked with `subjectforge validate s3://...` and pandas on the S3 manifests; then the second node
 is killed while DIP's pools run and started again; then a Ray Train run of two workers, one per
 node, reads a dataset from S3. Every node is stopped when the module is done, also when something
@@ -40,7 +40,7 @@ def on_cluster(cluster):
 
 
 def test_every_pipeline_on_two_nodes_to_s3(cluster, tiny_runs):
-    """Every dataset's tiny profile, submitted together as the README says (conftest's tiny_runs):
+    """Every dataset's tiny profile, submitted as the README says (conftest's tiny_runs):
     each job succeeded, each dataset validates on S3 and reads with pandas, every input key once,
     only committed objects in the bucket, every model actor on the GPU node, the working dir
     unpacked on both nodes without what .rayignore leaves out."""
@@ -117,7 +117,7 @@ def test_gpu_node_lost_mid_run(cluster, tmp_path):
     deadline = time.time() + JOB_LIMIT_S
     # the shards commit in a burst near the end (every block passes 5 pools first): the node is
     # lost once its pools have finished a few batches, by Ray's own task records
-    while (batches := cluster.model_batches_done()) < 4:
+    while (batches := cluster.model_batches_done(job)) < 4:
         assert state(cluster, job) is None, f"the job ended before the node could be lost: {state(cluster, job)}"
         assert time.time() < deadline
         time.sleep(0.5)

@@ -143,7 +143,7 @@ def carries(out: Path, ident: int) -> list[str]:
         found.append("centers.npy rows")
     if str(ident) in json.loads((out / "multiid/bank/names.json").read_text()):
         found.append("names.json")
-    stream = examples(str(out / "multiid"), 64, split=None, epochs=1)
+    stream = examples(str(out / "multiid"), 64, objective="sft", split=None, epochs=1)
     found += ["trainer example"] * sum(ident in ex["identities"] for ex in stream)
     return found
 
