@@ -1,7 +1,8 @@
-"""Submitted as a Ray job by tests/e2e/test_cluster.py's node-loss test: DIP's main with the scripted
-doubles of tests/dip_doubles.py for its models (the real workers' wiring and batch protocol, no
-weights to load), each VLM batch taking half a second, a model's pace, so the GPU node is lost while
-batches are in flight and the actors that restart are back in a second.
+"""DIP's main with the scripted doubles of tests/dip_doubles.py for its models (the real workers'
+wiring and batch protocol, no weights to load), each VLM batch taking half a second, a model's pace:
+the run lasts long enough to be hit mid-way however fast the machine, and the actors that restart
+are back in a second. Submitted as a Ray job by tests/e2e/test_cluster.py's node-loss test; run as
+a process by the chaos test and the driver-kill test of tests/pipelines/test_faults.py.
 
     python tests/e2e/dip_scripted.py --config dip.yaml --out s3://bucket/lost
 """

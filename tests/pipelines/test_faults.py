@@ -1,8 +1,9 @@
 """Faults during a run: the driver SIGKILLed mid-run and the run started again (DIP's main in a
 process of its own, as a user runs it, joined to this session's Ray, with the scripted doubles of
-tests/dip_doubles.py for models; test_commit_resume.py has the same on the synthetic pipeline,
-with a kill between a tar and its manifest); a poison sample that makes a model worker raise, and
-a model actor killed mid-run with ray.kill (the DIP DAG with the doubles; both in one run)."""
+tests/dip_doubles.py for models: tests/e2e/dip_scripted.py; test_commit_resume.py has the same on
+the synthetic pipeline, with a kill between a tar and its manifest); a poison sample that makes a
+model worker raise, and a model actor killed mid-run with ray.kill (the DIP DAG with the doubles;
+both in one run)."""
 import json
 import subprocess
 import sys
@@ -111,9 +112,8 @@ def test_sigkill_driver_mid_run_then_rerun(ray_local, tmp_path, session_env):
     n = len(rows)
     out = tmp_path / "out"
     argv = ["--config", str(tmp_path / "dip.yaml"), "--out", str(out)]
-    script = "import sys; from pipelines import dip; from tests.dip_doubles import DOUBLES; " \
-             "dip.main(sys.argv[1:], workers=DOUBLES)"
-    proc = subprocess.Popen([sys.executable, "-c", script, *argv], cwd=ROOT, env=session_env,
+    # DIP's main with the doubles, the VLM paced like a model: the run outlasts the first commit
+    proc = subprocess.Popen([sys.executable, "tests/e2e/dip_scripted.py", *argv], cwd=ROOT, env=session_env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: any((out / "dip" / "manifest").glob("dip-*.parquet")) or proc.poll() is not None,
