@@ -20,10 +20,11 @@ from report.review import borderline
 from runtime.driver import run
 from runtime.plan import Plan
 from runtime.registry import DatasetSpec, Example, Output, Paper, Simulated, profiles_of, register
-from runtime.rows import dataset_of
+from runtime.inputs import read_rows
+from runtime.rows import batch_of, dataset_of
 from schemas.dip import SCHEMA
 from stages import dip
-from stages.catalog import PROMPT_FIELDS, make_prompts, read_prompts
+from stages.catalog import PROMPT_FIELDS, fill_prompt, make_prompts
 from stages.encode import encode_members
 from stages.keys import file_id, sample_key
 from stages.photos import dreambench_pairs
@@ -35,24 +36,37 @@ PHOTO_COLUMNS = ("subject", "class_noun", "category", "ref_path", "win_path", "p
 
 
 def source_rows(cfg: DIPConfig) -> list[dict]:
-    """Inputs with their content keys: generated prompts from the catalog, a prompts file, or pairs
-    of photos of one subject."""
+    """Inputs with their content keys, made on the driver: prompts generated from the catalog, or
+    pairs of photos of one subject (a curated folder per subject, on any filesystem)."""
     if cfg.source == "photos":
         rows = [dict(p, subjects=[p["subject"]], class_nouns=[p["class_noun"]], n_subjects=1, seed=cfg.seed,
                      input=f"{p['ref_path']} | {p['win_path']}") for p in dreambench_pairs(cfg.photos_root)]
-        inputs = lambda r: {"ref": file_id(r["ref_path"]), "win": file_id(r["win_path"]), "prompt": r["prompt"]}
-    else:
-        if cfg.source == "prompts":
-            rows = read_prompts(cfg.prompts_file)
-        else:
-            rows = make_prompts(cfg.catalog, cfg.n_single, cfg.n_multi, cfg.seed)  # subjects, scenes, lighting
-        rows = [dict(r, input=r.get("prompt")) for r in rows]
-        inputs = lambda r: {k: r.get(k) for k in ("prompt", "ref_prompt", "diptych_prompt", "subjects", "seed")}
-    return [dict(r, key=sample_key(inputs(r), cfg.output_fields())) for r in rows]
+        return [dict(r, key=photo_key(r, cfg.output_fields())) for r in rows]
+    rows = make_prompts(cfg.catalog, cfg.n_single, cfg.n_multi, cfg.seed)  # subjects, scenes, lighting
+    return [dict(r, input=r.get("prompt"), key=prompt_key(r, cfg.output_fields())) for r in rows]
+
+
+def photo_key(row: dict, fields: dict) -> str:
+    return sample_key({"ref": file_id(row["ref_path"]), "win": file_id(row["win_path"]), "prompt": row["prompt"]},
+                      fields)
+
+
+def prompt_key(row: dict, fields: dict) -> str:
+    return sample_key({k: row.get(k) for k in ("prompt", "ref_prompt", "diptych_prompt", "subjects", "seed")}, fields)
 
 
 def source(cfg: DIPConfig, plan: Plan | None = None, out: str | None = None):
+    """A prompts file is read by Ray Data (tasks fill and key its rows); the rest: source_rows."""
+    if cfg.source == "prompts":
+        return read_rows(cfg.prompts_file).map_batches(partial(keyed_prompts, fields=cfg.output_fields()),
+                                                       batch_format="pyarrow")
     return dataset_of(source_rows(cfg))
+
+
+def keyed_prompts(batch, fields: dict):
+    rows = [fill_prompt(r) for r in batch.to_pylist()]
+    return batch_of([{**{k: r[k] for k in PROMPT_FIELDS}, "input": r.get("prompt"), "key": prompt_key(r, fields)}
+                     for r in rows])
 
 
 def plan(cfg: DIPConfig, workers: dict | None = None) -> Plan:

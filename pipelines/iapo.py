@@ -25,6 +25,7 @@ from configs.iapo import IAPOConfig
 from report import cards
 from runtime.driver import run
 from runtime.plan import Plan
+from runtime.inputs import parent_of, read_rows
 from runtime.registry import DatasetSpec, Example, Output, Paper, Simulated, profiles_of, register
 from runtime.rows import dataset_of
 from schemas.iapo import SCHEMA
@@ -46,7 +47,7 @@ def source(cfg: IAPOConfig, plan: Plan | None = None, out: str | None = None) ->
         rows = iapo.photo_pairs(cfg.photos_root, cfg.pairs_per_subject, cfg.seed)[: cfg.max_pairs]
         return dataset_of(rows)
     if cfg.source == "pairs":
-        ds = ray.data.read_parquet(cfg.pairs)
+        ds = read_rows(cfg.pairs)
     else:
         fs, paths = resolve_shards(cfg.dip_dir)
         ds = ray.data.read_webdataset(paths, filesystem=fs, decoder=None, suffixes=DIP_MEMBERS)
@@ -59,7 +60,8 @@ def plan(cfg: IAPOConfig, workers: dict | None = None) -> Plan:
     cpu, model = steps.cpu, steps.model
     if cfg.source == "dip":
         cpu("dip_pair", iapo.dip_pair)  # x_w preferred over x_l
-    cpu("read", partial(iapo.pair_row, fields=cfg.output_fields(), source=cfg.source))
+    cpu("read", partial(iapo.pair_row, fields=cfg.output_fields(), source=cfg.source,
+                                 base=parent_of(cfg.pairs) if cfg.source == "pairs" and cfg.pairs else None))
     steps.resume()
 
     cpu("label", iapo.global_label)  # ties before any image is opened

@@ -35,8 +35,8 @@ from report import cards
 from runtime.card import write_card
 from runtime.driver import run
 from runtime.plan import Plan
+from runtime.inputs import IMAGE_COLUMNS, read_images
 from runtime.registry import DatasetSpec, Example, Output, Paper, Simulated, profiles_of, register
-from runtime.rows import dataset_of
 from schemas.multiid import REFS_SCHEMA, SCHEMA
 from schemas.store import DatasetDir, dataset_uri
 from stages import multiid as mid
@@ -51,25 +51,28 @@ from workers.simulated import MAX_IDENTITY, coded_photo, jpeg_bytes
 
 
 def source(cfg: MultiIDConfig, plan: Plan, out: str | None = None):
-    return dataset_of(source_rows(cfg, plan, out))
+    """The single-person photos (the bank plan) or the group photos from wherever they are
+    (runtime/inputs.py), keyed by what identifies each (and its identity) in tasks, without what a
+    takedown forgot (given `out`)."""
+    bank = plan.schema is REFS_SCHEMA
+    ds = read_images(cfg.singles if bank else cfg.groups, with_identity=bank)
+    gone = read_tombstones(dataset_uri(out, SCHEMA.name)) if out is not None else None
+    if gone is not None and (gone.keys or gone.identity_ids):
+        print(f"{plan.name}: inputs of {len(gone.identity_ids)} forgotten identities are skipped (bank/tombstones.parquet)")
+    return ds.map_batches(partial(keyed, fields=cfg.output_fields(), bank=bank,
+                                  gone=(gone.keys, gone.identity_ids) if gone is not None else (set(), set())),
+                          batch_format="pyarrow")
 
 
-def source_rows(cfg: MultiIDConfig, plan: Plan, out: str | None = None) -> list[dict]:
-    """The single-person photos (the bank plan) or the group photos, keyed by path (and identity),
-    without what a takedown forgot (given `out`)."""
-    rows = mid.list_photos(cfg.singles, with_identity=True) if plan.schema is REFS_SCHEMA else \
-        mid.list_photos(cfg.groups, with_identity=False)
-    for r in rows:
-        r["key"] = sample_key({"path": r.get("path"), "identity": r.get("identity")}, cfg.output_fields())
-        r["input"] = r.get("path")
-    if out is not None:
-        gone = read_tombstones(dataset_uri(out, SCHEMA.name))
-        kept = [r for r in rows if r["key"] not in gone.keys and not (
-            r.get("identity") is not None and identity_id_of(str(r["identity"])) in gone.identity_ids)]
-        if len(kept) < len(rows):
-            print(f"{plan.name}: {len(rows) - len(kept)} inputs of forgotten identities skipped (bank/tombstones.parquet)")
-        rows = kept
-    return rows
+def keyed(batch: pa.Table, fields: dict, bank: bool, gone: tuple[set, set]) -> pa.Table:
+    """Each photo's key: sample_key of what identifies it (`input`: its path as listed, or its shard
+    member) and its identity; rows of forgotten keys or identities dropped."""
+    inputs = batch["input"].to_pylist()
+    identities = batch["identity"].to_pylist() if bank else [None] * len(inputs)
+    keys = [sample_key({"path": i, "identity": d}, fields) for i, d in zip(inputs, identities)]
+    keep = [k not in gone[0] and not (d is not None and identity_id_of(str(d)) in gone[1])
+            for k, d in zip(keys, identities)]
+    return batch.append_column("key", pa.array(keys, pa.string())).filter(pa.array(keep))
 
 
 def load_args(cfg: MultiIDConfig) -> dict:
@@ -87,7 +90,7 @@ def faces(steps: Plan, cfg: MultiIDConfig) -> None:
 def bank_plan(cfg: MultiIDConfig, workers: dict | None = None) -> Plan:
     """Faces of every single-person photo -> per-identity DBSCAN (on the driver: the embeddings of
     an identity together) -> each photo's verdict -> the multiid_refs shards."""
-    steps = Plan("multiid bank", cfg, REFS_SCHEMA, source=("path", "identity"), workers=workers)
+    steps = Plan("multiid bank", cfg, REFS_SCHEMA, source=IMAGE_COLUMNS + ("identity",), workers=workers)
     faces(steps, cfg)
     steps.cpu("one_face", partial(mid.one_face, min_det_score=cfg.min_det_score, min_face_px=cfg.min_face_px))
     steps.gather("cluster", partial(cluster, cfg=cfg), reads=("key", "identity", "embedding"),
@@ -148,7 +151,7 @@ def group_plan(cfg: MultiIDConfig, workers: dict | None = None) -> Plan:
     centers per batch -> appendix C's filters (resolution, collage, OCR text, aesthetic) ->
     caption -> the held-out identities (chosen once, from the light columns) -> the split ->
     decoded again -> shards (paired photos in shards of their own)."""
-    steps = Plan("multiid", cfg, SCHEMA, source=("path",), shard_by="paired", depends=("multiid bank",),
+    steps = Plan("multiid", cfg, SCHEMA, source=IMAGE_COLUMNS, shard_by="paired", depends=("multiid bank",),
                  inputs=("centers", "identity_ids", "references", "previous_held_out"), workers=workers)
     steps.before("previous_split", previous_split, provides=("previous_held_out",))
     steps.resume()

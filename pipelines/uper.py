@@ -21,6 +21,7 @@ from configs.uper import UPERConfig
 from report import cards
 from runtime.driver import run
 from runtime.plan import Plan
+from runtime.inputs import parent_of, read_rows
 from runtime.registry import DatasetSpec, Example, Output, Paper, Simulated, profiles_of, register
 from runtime.rows import dataset_of
 from schemas.reader import resolve_shards
@@ -52,13 +53,7 @@ def source(cfg: UPERConfig, plan: Plan | None = None, out: str | None = None) ->
 def read_list(path: str | None) -> ray.data.Dataset:
     if not path:
         raise ValueError("source: pairs / diptych needs `pairs` (a .parquet, .jsonl or .csv list)")
-    if path.endswith(".parquet") or Path(path).is_dir():
-        return ray.data.read_parquet(path)
-    if path.endswith((".jsonl", ".ndjson", ".json")):
-        return ray.data.read_json(path, lines=True)
-    if path.endswith(".csv"):
-        return ray.data.read_csv(path)
-    raise ValueError(f"{path}: expected .parquet, .jsonl or .csv")
+    return read_rows(path)
 
 
 # --- the DAG -------------------------------------------------------------------------------------
@@ -68,7 +63,7 @@ def plan(cfg: UPERConfig, workers: dict | None = None) -> Plan:
     steps = Plan("uper", cfg, SCHEMA, source=uper.INPUT_COLUMNS[cfg.source], workers=workers)
     cpu, model = steps.cpu, steps.model
     vlm = dict(max_new_tokens=cfg.vlm_max_new_tokens)
-    base = str(Path(cfg.pairs).parent) if cfg.pairs and "://" not in cfg.pairs else None
+    base = parent_of(cfg.pairs) if cfg.pairs else None  # a list's relative paths: relative to its folder
     cpu("read", partial(uper.read_pair, source=cfg.source, base=base, fields=cfg.output_fields()))
     steps.resume()
     cpu("single_subject", uper.single_subject)

@@ -193,18 +193,21 @@ class Resume(Step):
     kind: ClassVar[str] = "resume"
     per_row: ClassVar[bool] = False
 
-    def committed(self, run) -> set[str]:
+    def committed(self, run):
+        """The dataset's decided keys, sorted (schemas.store.sorted_keys)."""
+        import numpy as np
+
         from schemas.store import DatasetDir, dataset_uri
 
         if run.out is None:
-            return set()
+            return np.zeros(0, "S1")
         name = run.plan.schema.name
-        return DatasetDir.open(dataset_uri(run.out, name), dataset=name).committed_keys()
+        return DatasetDir.open(dataset_uri(run.out, name), dataset=name).committed_key_array()
 
     def on_ray(self, ds, run):
         done = self.committed(run)
         run.log(f"{run.plan.name}: {len(done)} keys already committed")
-        if not done:
+        if not len(done):
             return ds
         ds = drop_keys(ds, done)
         # A rerun of a finished run: nothing is left, so no model pool is started (a production
@@ -220,7 +223,7 @@ class Resume(Step):
 
     def on_local(self, rows, run):
         done = self.committed(run)
-        return [r for r in rows if r["key"] not in done] if done else rows
+        return [r for r, new in zip(rows, is_new([r["key"] for r in rows], done)) if new] if len(done) else rows
 
     def describe(self, spec=None) -> str:
         return "resume: drops committed keys"
@@ -237,15 +240,26 @@ def live_rows(ds, columns) -> list[dict]:
     return out
 
 
-def drop_keys(ds, done: set[str]):
-    """Resume: drop source rows whose key is already a sample or a reject, before any model work."""
+def is_new(keys, done):
+    """Per key: not among `done` (sorted, numpy bytes): a binary search, log n per key."""
+    import numpy as np
+
+    keys = np.asarray(keys, dtype="S") if len(keys) else np.zeros(0, "S1")
+    if not len(done):
+        return np.ones(len(keys), bool)
+    at = np.minimum(np.searchsorted(done, keys), len(done) - 1)
+    return done[at] != keys
+
+
+def drop_keys(ds, done):
+    """Resume: drop source rows whose key is already a sample or a reject, before any model work.
+    `done` goes to the object store once; each block's keys are searched in it (zero-copy numpy)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import ray
 
-    done_ref = ray.put(pa.array(sorted(done), pa.string()))
+    done_ref = ray.put(done)
 
     def keep_new(batch: pa.Table) -> pa.Table:
-        return batch.filter(pc.invert(pc.is_in(batch["key"], value_set=ray.get(done_ref))))
+        return batch.filter(pa.array(is_new(batch["key"].to_pylist(), ray.get(done_ref))))
 
-    return ds.map_batches(keep_new, batch_format="pyarrow")
+    return ds.map_batches(keep_new, batch_format="pyarrow", batch_size=None)

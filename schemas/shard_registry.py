@@ -42,9 +42,11 @@ class ShardRegistry:
             out.append(None if owner == task else owner)
         return out
 
-    def report(self, task: int, rows: dict, errors: dict, max_fraction: float, min_rows: int) -> str | None:
+    def report(self, task: int, rows: dict, errors: dict, max_fraction: float, min_rows: int,
+               unreadable: dict | None = None) -> str | None:
         """This task's rows in and failures per stage; the first stage over budget, described."""
-        self.reports[task] = {"rows": rows, "errors": errors}
+        self.reports[task] = {"rows": rows, "errors": errors, "unreadable": unreadable or {}}
+        self.unreadable(min_rows)
         total_rows, total_errors = Counter(), Counter()
         for r in self.reports.values():
             total_rows.update(r["rows"])
@@ -62,6 +64,24 @@ class ShardRegistry:
                 reason, count = reasons.most_common(1)[0]
                 self.violation = (f"stage {stage}: {failed} of {n} rows failed ({failed / n:.0%} > max_error_fraction "
                                   f"{max_fraction:g}); most often {reason} ({count}), e.g. {example[reason]}")
+        return self.violation
+
+    def unreadable(self, min_rows: int = 1) -> str | None:
+        """A stage that could read none of its (at least min_rows) inputs: a source in the wrong
+        place or without credentials, not bad data; the run stops naming an example."""
+        rows, bad, example = Counter(), Counter(), {}
+        for r in self.reports.values():
+            rows.update(r["rows"])
+            for stage, per_reason in r["unreadable"].items():
+                for reason, (count, ex) in per_reason.items():
+                    bad[(stage, reason)] += count
+                    example.setdefault(stage, ex)
+        for stage, n in rows.items():
+            reasons = {reason: c for (s, reason), c in bad.items() if s == stage}
+            if n >= min_rows and sum(reasons.values()) == n and self.violation is None:
+                self.violation = (f"stage {stage}: no input could be read ({n} of {n}: "
+                                  f"{', '.join(f'{r} {c}' for r, c in sorted(reasons.items()))}), e.g. {example[stage]}; "
+                                  f"check the source's path and the filesystem's credentials")
         return self.violation
 
     def failed(self) -> str | None:

@@ -170,6 +170,22 @@ class DatasetDir:
         keys.update(rejects.filter(pc.invert(pc.fill_null(rejects["retryable"], False)))["key"].to_pylist())
         return keys
 
+    def committed_key_array(self):
+        """committed_keys as one sorted numpy array of fixed-width bytes (32 MB for 1M keys), for
+        resume at scale: put in the object store once, searched per block (runtime/steps.py)
+        instead of a hash set of every key rebuilt per batch."""
+        import numpy as np
+
+        parts = []
+        manifests = self.read_manifests(columns=["key"])
+        if manifests is not None:
+            parts.append(manifests["key"].combine_chunks().cast(pa.string()))
+        rejects = self.read_rejects()
+        parts.append(rejects.filter(pc.invert(pc.fill_null(rejects["retryable"], False)))["key"]
+                     .combine_chunks().cast(pa.string()))
+        keys = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+        return sorted_keys(keys)
+
     def read_info(self) -> dict | None:
         return read_json(self.fs, self.sub("dataset.json"))
 
@@ -235,6 +251,16 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sorted_keys(keys: pa.Array):
+    """Unique keys, sorted, as numpy fixed-width bytes (np.searchsorted finds one in log n)."""
+    import numpy as np
+
+    if len(keys) == 0:
+        return np.zeros(0, "S1")
+    width = max(1, pc.max(pc.binary_length(keys)).as_py())
+    return np.unique(np.asarray(keys.to_numpy(zero_copy_only=False), dtype=f"S{width}"))
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> dict | None:

@@ -44,6 +44,8 @@ WRITE_BUFFER = 1 << 20
 # What counts against a stage's error budget: failures, not verdicts on the data (a gate that
 # rejects half its rows is doing its job; a model that fails on half of them is not).
 ERROR_REASONS = ("model_error", "bad_data")
+# An input that could not be read at all: a few are data, every one of them is a wrong source
+UNREADABLE_REASONS = ("missing_file", "unreadable_file")
 
 
 class ErrorBudgetExceeded(RuntimeError):
@@ -157,6 +159,7 @@ class ShardDatasink(Datasink):
                  "stage_seconds": defaultdict(float)}
         rejects: list[dict] = []
         errors: dict[str, dict] = defaultdict(dict)
+        unreadable: dict[str, dict] = defaultdict(dict)
 
         def reject(row, stage, reason, detail="", retryable=False):
             rejects.append({"key": str(row.get("key")), "stage": stage, "reason": reason,
@@ -166,6 +169,9 @@ class ShardDatasink(Datasink):
             if retryable or reason in ERROR_REASONS:
                 count, example = errors[stage].get(reason, (0, f"input {row.get('input')!r}: {str(detail)[:300]}"))
                 errors[stage][reason] = (count + 1, example)
+            if reason in UNREADABLE_REASONS:
+                count, example = unreadable[stage].get(reason, (0, f"input {row.get('input')!r}: {str(detail)[:300]}"))
+                unreadable[stage][reason] = (count + 1, example)
 
         rows = [r for block in blocks for r in _rows(block, self.schema)]
         owners = ray.get(self.registry.claim.remote(task, [str(r.get("key")) for r in rows])) if rows else []
@@ -209,7 +215,8 @@ class ShardDatasink(Datasink):
             stats["samples"] += len(group)
         self._write_rejects(rejects, task)
         violation = ray.get(self.registry.report.remote(task, dict(stats["stage_rows"]), dict(errors),
-                                                        self.max_error_fraction, self.min_error_rows))
+                                                        self.max_error_fraction, self.min_error_rows,
+                                                        dict(unreadable)))
         if violation:
             raise ErrorBudgetExceeded(violation)
         stats["rejects"] = [[s, r, n] for (s, r), n in stats["rejects"].items()]
@@ -275,6 +282,9 @@ class ShardDatasink(Datasink):
         # temporary name is garbage now, not only for the next run
         self.removed += self.out.remove_uncommitted()
         self.summary = self.write_info([r for r in write_result.write_returns if r])
+        violation = ray.get(self.registry.unreadable.remote())  # a small run: every one of its inputs
+        if violation:
+            raise ErrorBudgetExceeded(violation)
 
     def write_info(self, returns: list[dict]) -> dict:
         """Aggregate the tasks' counts into this run's record and rewrite dataset.json."""

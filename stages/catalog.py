@@ -172,10 +172,10 @@ def read_prompts(path) -> list[dict]:
                     rows.append(json.loads(line))
     else:
         raise ValueError(f"{path}: expected .parquet or .jsonl")
-    return [_fill(row) for row in rows]
+    return [fill_prompt(row) for row in rows]
 
 
-def _fill(row: dict) -> dict:
+def fill_prompt(row: dict) -> dict:
     row = dict(row)
     for k in PROMPT_FIELDS:
         row.setdefault(k, None)

@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from runtime.inputs import resolve
 from runtime.plan import step
 from runtime.rows import Reject
 from stages.keys import file_id, sample_key
@@ -33,11 +34,12 @@ ORDERS = ("01", "10")  # "01": image_0 shown as Image A; "10": image_1 shown as 
 # --- inputs --------------------------------------------------------------------------------------
 
 @step(optional=PAIR_COLUMNS + ("input",), writes=PAIR_COLUMNS + ("source", "key", "input"))
-def pair_row(row: dict, fields: dict, source: str) -> dict:
+def pair_row(row: dict, fields: dict, source: str, base: str | None = None) -> dict:
     """A Pick-a-Pic v2 row (caption, jpg_0, jpg_1 as bytes or paths, label_0, label_1) -> the pair
     the DAG carries, with its content key. Other columns are dropped. Never raises: a bad value is
     judged by the steps after it, which then have a key to reject."""
     pair = {k: row.get(k) for k in ("caption", "jpg_0", "jpg_1", "label_0", "label_1")}
+    pair["jpg_0"], pair["jpg_1"] = resolve(pair["jpg_0"], base), resolve(pair["jpg_1"], base)  # relative to the list
     pair["source"] = source
     inputs = {k: file_id(v) if k.startswith("jpg") else v for k, v in pair.items() if k != "source"}
     pair["key"] = sample_key(inputs, fields)

@@ -4,63 +4,38 @@ caption prompts and parsing. Row functions raise Reject; `retrieve` works on a b
 that every face of the batch is matched with one matrix product. Each declares its columns."""
 from __future__ import annotations
 
-import csv
 import json
-from pathlib import Path
 
 import numpy as np
 
+from runtime.inputs import image_of
 from runtime.plan import step
 from runtime.rows import Reject
 from stages.bench_split import split_of
-from stages.photos import IMAGE_EXTS, IMAGE_REJECTS, MAX_INPUT_BYTES, load_image
+from stages.photos import IMAGE_REJECTS, MAX_INPUT_BYTES, load_image
 from stages.prompts import CAPTION_PREFIX, caption_prompt, parse_caption
 from stages.retrieval import UNASSIGNED, assign, reached, similarities, top1
 
 # --- inputs ------------------------------------------------------------------------------------
 
-def list_photos(source: str, with_identity: bool) -> list[dict]:
-    """A folder (singles: one sub-folder per identity; groups: the images) or a .parquet / .jsonl /
-    .csv list with `path` (and `identity`). Relative paths in a list are relative to the list."""
-    src = Path(source)
-    if src.is_dir():
-        if with_identity:
-            return [{"path": str(p), "identity": d.name} for d in sorted(x for x in src.iterdir() if x.is_dir())
-                    for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
-        return [{"path": str(p)} for p in sorted(src.iterdir()) if p.suffix.lower() in IMAGE_EXTS]
-    if src.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(src).to_pylist()
-    elif src.suffix == ".csv":
-        rows = list(csv.DictReader(src.open(encoding="utf-8")))
-    elif src.suffix in (".jsonl", ".ndjson"):
-        rows = [json.loads(line) for line in src.open(encoding="utf-8") if line.strip()]
-    else:
-        raise ValueError(f"{source}: expected a folder, .parquet, .csv or .jsonl")
-    for r in rows:
-        if r.get("path") and "://" not in r["path"] and not Path(r["path"]).is_absolute():
-            r["path"] = str(src.parent / r["path"])
-    return rows
-
-
-@step(reads=("path",), writes=("image", "source", "height", "width"), rejects=IMAGE_REJECTS)
+@step(reads=("path",), optional=("data", "read_error"), writes=("image", "source", "height", "width"),
+      rejects=IMAGE_REJECTS)
 def load(row: dict, max_side: int, max_pixels: int | None, min_side: int,
          max_bytes: int | None = MAX_INPUT_BYTES) -> dict:
     """Decompression bombs, corrupt files and tiny images are rejects (stages.photos.load_image)."""
     row = reload(row, max_side=max_side, max_pixels=max_pixels, min_side=min_side, max_bytes=max_bytes)
-    row["source"] = str(row["path"])  # the manifest's way back to the original photo
+    row["source"] = str(row["input"])  # the manifest's way back to the original photo (a path, a shard member)
     row["height"], row["width"] = row["image"].shape[:2]
     return row
 
 
-@step(reads=("path",), writes=("image",), rejects=IMAGE_REJECTS)
+@step(reads=("path",), optional=("data", "read_error"), writes=("image",), rejects=IMAGE_REJECTS)
 def reload(row: dict, max_side: int, max_pixels: int | None, min_side: int,
            max_bytes: int | None = MAX_INPUT_BYTES) -> dict:
     """The photo decoded again, after a gather: the gather's barrier holds only the light
     columns (embeddings, identities), never every decoded image of the dataset. Same decode as
     `load`, so the same pixels."""
-    row["image"] = load_image(row.get("path"), max_side=max_side, min_side=min_side, max_pixels=max_pixels,
+    row["image"] = load_image(image_of(row), max_side=max_side, min_side=min_side, max_pixels=max_pixels,
                               max_bytes=max_bytes)
     return row
 

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from runtime.inputs import IMAGE_EXTS, is_uri, join, list_subjects, open_bytes, read_text
 from runtime.rows import Reject
 from schemas.contract import as_rgb
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 LIVE_CLASSES = frozenset({"cat", "dog"})  # DreamBench's live subjects: cat, cat2, dog, dog2-dog8
 # FLUX works on 16 px units (VAE /8, then 2x2 token packing) and M_d uses 16 px patches
 SIDE_MULTIPLE = 16
@@ -33,7 +32,7 @@ SIDE_MULTIPLE = 16
 def read_prompts_and_classes(path) -> tuple[dict[str, str], dict[str, list[str]]]:
     """`prompts_and_classes.txt` -> ({subject: class noun}, {"object": [...], "live": [...]}) with
     the prompt templates as format strings on (unique_token, class_token)."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text(str(path))
     classes = dict(re.findall(r"^([A-Za-z0-9_]+),([^\n,]+?)\s*$", text, re.M))
     classes.pop("subject_name", None)  # the CSV header
     prompts = {}
@@ -58,8 +57,7 @@ def dreambench_pairs(root, pairs_per_subject: int = 1) -> list[dict]:
     Deterministic: photos in name order, pairs in pair_order. The prompt cycles through its group's 25 prompts across
     subjects and pairs. A subject with fewer than two photos still gets a row, with win_path None,
     so the loader rejects it ("missing_file") instead of it disappearing silently."""
-    root = Path(root)
-    classes, prompts = read_prompts_and_classes(root / "prompts_and_classes.txt")
+    classes, prompts = read_prompts_and_classes(join(str(root), "prompts_and_classes.txt"))
     pairs = []
     for s_idx, (name, photos) in enumerate(subject_folders(root)):
         class_noun = classes.get(name, name.replace("_", " "))
@@ -88,12 +86,10 @@ def pair_order(n: int, k: int) -> list[tuple[int, int | None]]:
 
 
 def subject_folders(root) -> list[tuple[str, list[str]]]:
-    """(folder name, its image paths in name order) for each sub-folder of root, in name order."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder")
-    return [(d.name, sorted(str(p) for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS))
-            for d in sorted(x for x in root.iterdir() if x.is_dir())]
+    """(folder name, its image paths in name order) for each sub-folder of root, in name order, on
+    any filesystem (runtime/inputs.py: a subject's photos are paired, so its folder is listed whole;
+    photo folders are curated sets, listed on the driver)."""
+    return list_subjects(str(root))
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -166,7 +162,7 @@ def fit_image(arr: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def _read_bytes(path_or_bytes, max_bytes: int | None) -> bytes:
-    """The file's bytes; never more than max_bytes are read (a listed /dev/zero or a huge file is
+    """The file's (or the URI's) bytes; never more than max_bytes are read (a listed /dev/zero or a huge file is
     a reject, not an exhausted machine)."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         if max_bytes is not None and len(path_or_bytes) > max_bytes:
@@ -175,6 +171,8 @@ def _read_bytes(path_or_bytes, max_bytes: int | None) -> bytes:
     if path_or_bytes is None or (isinstance(path_or_bytes, float) and math.isnan(path_or_bytes)):
         raise Reject("missing_file", "no path")
     path = os.fspath(path_or_bytes)
+    if is_uri(path):  # s3://, gs://, ...: through its filesystem (runtime/inputs.py)
+        return open_bytes(path, max_bytes)
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 
+from runtime.inputs import exists, join, resolve
 from runtime.plan import step
 from runtime.rows import Reject
 from stages.keys import file_id, sample_key
@@ -27,8 +27,9 @@ def photo_pairs(root, pairs_per_subject: int) -> list[dict]:
     folder's class noun from a DreamBench-style prompts_and_classes.txt when there is one, else the
     folder name. Photo folders carry no captions, so the prompt is the class phrase."""
     classes = {}
-    if (Path(root) / "prompts_and_classes.txt").is_file():
-        classes, _ = read_prompts_and_classes(Path(root) / "prompts_and_classes.txt")
+    listed = join(str(root), "prompts_and_classes.txt")
+    if exists(listed):
+        classes, _ = read_prompts_and_classes(listed)
     rows = []
     for name, photos in subject_folders(root):
         subject = classes.get(name, name.replace("_", " "))
@@ -68,7 +69,7 @@ def pair_row(raw: dict, source: str, base: str | None = None) -> tuple[dict, dic
                "subject": " and ".join(subjects), "subjects": len(subjects), "input": f"dip:{raw['__key__']}"}
         return row, {"dip": raw["__key__"]}
     columns = SOURCE_COLUMNS[source]
-    row = {src: _located(image_source(raw.get(c)), base) for c, src in columns.items()}
+    row = {src: resolve(image_source(raw.get(c)), base) for c, src in columns.items()}
     row["prompt"], row["subject"] = diptych_text(raw) if source == "diptych" else (raw.get("prompt"), raw.get("subject"))
     row["input"] = " | ".join(v if isinstance(v, str) else "-" if v is None else "<bytes>"
                               for v in (row[src] for src in columns.values()))
@@ -91,13 +92,6 @@ def read_pair(raw: dict, source: str, base: str | None, fields: dict) -> dict:
     row, inputs = pair_row(raw, source, base)
     row["key"] = sample_key(inputs, fields)
     return row
-
-
-def _located(value, base: str | None):
-    """A relative path in a list is relative to the list."""
-    if isinstance(value, str) and base and "://" not in value and not Path(value).is_absolute():
-        return str(Path(base) / value)
-    return value
 
 
 @step(optional=("subjects", "subject"), rejects=("multi_subject",))

@@ -187,6 +187,37 @@ def parquet_list(rows: list[dict], path) -> Path:
     return path
 
 
+def crawl_shards(samples, folder: str, per_shard: int, filesystem=None) -> list[str]:
+    """Samples {"key", "jpg" (bytes or None), "json" (a dict, or None)} as img2dataset writes a crawl:
+    `<folder>/00000.tar`, ... with `<key>.jpg` and `<key>.json` members (webdataset's TarWriter), on
+    any filesystem. Returns the shards' paths."""
+    import webdataset as wds
+
+    from schemas.store import resolve_filesystem
+
+    fs, root = resolve_filesystem(folder, filesystem)
+    fs.create_dir(root, recursive=True)
+    paths, writer, stream = [], None, None
+    for i, sample in enumerate(samples):
+        if i % per_shard == 0:
+            if writer is not None:
+                writer.close()
+                stream.close()
+            paths.append(f"{root}/{len(paths):05d}.tar")
+            stream = fs.open_output_stream(paths[-1])
+            writer = wds.TarWriter(stream, encoder=False)
+        member = {"__key__": sample["key"]}
+        if sample.get("jpg") is not None:
+            member["jpg"] = sample["jpg"]
+        if sample.get("json") is not None:
+            member["json"] = json.dumps(sample["json"]).encode()
+        writer.write(member)
+    if writer is not None:
+        writer.close()
+        stream.close()
+    return paths
+
+
 def ellipse(box, height: int, width: int) -> np.ndarray:
     """bool HxW: the ellipse inscribed in an xyxy box, what a mask of a rounded subject looks like."""
     x0, y0, x1, y1 = (float(v) for v in box)

@@ -39,7 +39,7 @@ def on_cluster(cluster):
         stop_cluster(cluster)
 
 
-def test_every_pipeline_on_two_nodes_to_s3(cluster, tiny_runs):
+def test_every_pipeline_on_two_nodes_to_s3(cluster, tiny_runs, ray_local):
     """Every dataset's tiny profile, submitted as the README says (conftest's tiny_runs):
     each job succeeded, each dataset validates on S3 and reads with pandas, every input key once,
     only committed objects in the bucket, every model actor on the GPU node, the working dir
@@ -77,7 +77,7 @@ def test_every_pipeline_on_two_nodes_to_s3(cluster, tiny_runs):
     cfg = load_config(MultiIDConfig, jobs["multiid"])
     for plan in multiid.plans(cfg):
         assert_every_key_once(f"s3://{BUCKET}/multiid/{plan.schema.name}",
-                              {r["key"] for r in multiid.source_rows(cfg, plan)})
+                              {r["key"] for r in multiid.source(cfg, plan).take_all()})
     assert manifests["dip"]["shard"].nunique() >= 3
     workers = [a for a in cluster.listed("actors") if a.get("class_name", "").startswith("MapWorker")]
     assert workers and {a["node_id"] for a in workers} <= cluster.gpu_node_ids(), {a["node_id"] for a in workers}

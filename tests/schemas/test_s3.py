@@ -146,3 +146,84 @@ def test_round_trip_explicit_filesystem(ray_s3, s3):
     check_dataset(uri, "dip", rows, fs=fs)
     # the same dataset also reads back addressed as a bucket path in the filesystem
     assert len(list(read_samples(f"{FS_BUCKET}/run/dip", filesystem=fs))) == N
+
+
+# --- inputs in the bucket: every source kind that a path can name, read where it is ---------------
+
+def test_inputs_read_from_s3_with_bad_members_as_rejects(ray_s3, s3, tmp_path):
+    """MultiID's singles as a Parquet list of s3:// URIs (one object missing, one the identity may
+    not read) and its groups as img2dataset shards in the bucket (a truncated jpg, a json without
+    image); DIP's photo folders, UPER's and IAPO's lists with paths relative to the list: each
+    read by its pipeline's own source and load step, through the workers' filesystem."""
+    from functools import partial
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from configs.dip import DIPConfig
+    from configs.iapo import IAPOConfig
+    from configs.uper import UPERConfig
+    from pipelines import dip as dip_pipeline
+    from pipelines import iapo as iapo_pipeline
+    from pipelines import uper as uper_pipeline
+    from runtime.config import load_config
+    from runtime.inputs import open_bytes, parent_of
+    from runtime.rows import Reject
+    from stages import dip, iapo, uper
+    from tests.conftest import ROOT, assets_or_skip
+    from tests.runtime.test_inputs import SINGLES, multiid_outcomes, outcome
+    from workers.simulated import crawl_shards
+
+    admin, assets = s3.filesystem("admin"), assets_or_skip() / "images"
+    put = lambda path, data: admin.open_output_stream(f"{ENV_BUCKET}/{path}").write(data)  # noqa: E731
+    singles = [(d, p) for d in SINGLES for p in sorted((assets / "faces" / "singles" / d).glob("*.jpg"))]
+    for d, p in singles:
+        put(f"in/singles/{d}/{p.name}", p.read_bytes())
+    listed = [f"s3://{ENV_BUCKET}/in/singles/{d}/{p.name}" for d, p in singles]
+    listed += [f"s3://{ENV_BUCKET}/in/singles/gone.jpg", f"s3://{FS_BUCKET}/forbidden.jpg"]
+    pq.write_table(pa.table({"path": listed, "identity": [d for d, _ in singles] + ["gone", "refused"]}),
+                   tmp_path / "singles.parquet")
+    put("in/singles.parquet", (tmp_path / "singles.parquet").read_bytes())
+    rows = multiid_outcomes(f"s3://{ENV_BUCKET}/in/singles.parquet", bank=True)
+    got = {r["input"]: r["outcome"] for r in rows}
+    assert got == {**{u: "ok" for u in listed[:-2]}, listed[-2]: "missing_file", listed[-1]: "unreadable_file"}
+    assert {r["identity"] for r in rows} == set(SINGLES) | {"gone", "refused"}
+    with pytest.raises(Reject) as refused:  # credentials, not the data: the next run tries it again
+        open_bytes(listed[-1], 1 << 20)
+    assert refused.value.retryable and "ACCESS_DENIED" in refused.value.detail
+
+    groups = sorted((assets / "faces" / "groups").glob("*.jpg"))
+    members = [{"key": p.stem, "jpg": p.read_bytes(), "json": {"url": p.name}} for p in groups]
+    members += [{"key": "broken", "jpg": groups[0].read_bytes()[:300], "json": {}}, {"key": "nojpg", "json": {}}]
+    crawl_shards(members, f"{ENV_BUCKET}/in/groups", per_shard=4, filesystem=admin)
+    rows = multiid_outcomes(f"s3://{ENV_BUCKET}/in/groups/{{00000..00001}}.tar", bank=False)
+    shard = lambda i, k: f"s3://{ENV_BUCKET}/in/groups/{i:05d}.tar#{k}"  # noqa: E731
+    assert {r["input"]: r["outcome"] for r in rows} == {**{shard(0, p.stem): "ok" for p in groups},
+                                                        shard(1, "broken"): "corrupt_image", shard(1, "nojpg"): "missing_file"}
+
+    dreambench = assets / "dreambench"
+    put("in/dreambench/prompts_and_classes.txt", (dreambench / "prompts_and_classes.txt").read_bytes())
+    for subject in ("backpack", "cat"):
+        for p in sorted((dreambench / subject).glob("*.jpg"))[:2]:
+            put(f"in/dreambench/{subject}/{p.name}", p.read_bytes())
+    cfg = load_config(DIPConfig, ROOT / "configs" / "dip.tiny.yaml",
+                      ["source=photos", f"photos_root=s3://{ENV_BUCKET}/in/dreambench"])
+    rows = dip_pipeline.source_rows(cfg)
+    assert [(r["subject"], r["category"]) for r in rows] == [("backpack", "object"), ("cat", "animal")]
+    assert all(r["ref_path"].startswith(f"s3://{ENV_BUCKET}/in/dreambench/") for r in rows)
+    assert [outcome(partial(dip.load_photos, max_side=128), r) for r in rows] == ["ok", "ok"]
+
+    ref, target = (f"../singles/{d}/{p.name}" for d, p in singles[:2])
+    put("in/lists/pairs.csv", f"ref,target,prompt,subject\n{ref},{target},a man,man\n{ref},../gone.jpg,a man,man\n".encode())
+    cfg = load_config(UPERConfig, ROOT / "configs" / "uper.tiny.yaml", ["source=pairs", f"pairs=s3://{ENV_BUCKET}/in/lists/pairs.csv"])
+    read = partial(uper.read_pair, source="pairs", base=parent_of(cfg.pairs), fields=cfg.output_fields())
+    rows = [read(dict(r)) for r in uper_pipeline.source(cfg).take_all()]
+    assert rows[0]["ref_src"] == f"s3://{ENV_BUCKET}/in/singles/{singles[0][0]}/{singles[0][1].name}"
+    assert [outcome(partial(uper.load_pair, max_side=128, diptych_padding=0), r) for r in rows] == ["ok", "missing_file"]
+
+    put("in/lists/pairs.jsonl", "".join(json.dumps({"caption": "a man", "jpg_0": a, "jpg_1": target, "label_0": 1.0,
+                                                    "label_1": 0.0}) + "\n" for a in (ref, "../gone.jpg")).encode())
+    cfg = load_config(IAPOConfig, ROOT / "configs" / "iapo.tiny.yaml", ["source=pairs", f"pairs=s3://{ENV_BUCKET}/in/lists/pairs.jsonl"])
+    read = partial(iapo.pair_row, fields=cfg.output_fields(), source="pairs", base=parent_of(cfg.pairs))
+    rows = [read(dict(r)) for r in iapo_pipeline.source(cfg).take_all()]
+    assert [outcome(partial(iapo.load_pair, max_side=128), r) for r in rows] == ["ok", "missing_file"]

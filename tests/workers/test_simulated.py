@@ -110,19 +110,13 @@ def test_iapo_every_pair_is_a_sample(tmp_path):
 
 
 def multiid_rows(cfg, plan):
-    """The rows multiid.source gives the plan (without Ray)."""
-    from schemas.multiid import REFS_SCHEMA
-    from stages import multiid as mid
+    """The rows multiid.source gives the plan (read by Ray Data: runtime/inputs.py)."""
+    from pipelines import multiid
 
-    singles = plan.schema is REFS_SCHEMA
-    rows = mid.list_photos(cfg.singles if singles else cfg.groups, with_identity=singles)
-    for r in rows:
-        r["key"] = sample_key({"path": r.get("path"), "identity": r.get("identity")}, cfg.output_fields())
-        r["input"] = r["path"]
-    return rows
+    return multiid.source(cfg, plan).take_all()
 
 
-def test_multiid_bank_forms_and_every_group_photo_matches(tmp_path):
+def test_multiid_bank_forms_and_every_group_photo_matches(tmp_path, ray_local):
     from pipelines import multiid
 
     cfg = gpu_config("multiid", tmp_path, 6, 384)  # 384 x 288: above min_side_px 256
