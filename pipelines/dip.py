@@ -42,6 +42,8 @@ def source_rows(cfg: DIPConfig) -> list[dict]:
         rows = [dict(p, subjects=[p["subject"]], class_nouns=[p["class_noun"]], n_subjects=1, seed=cfg.seed,
                      input=f"{p['ref_path']} | {p['win_path']}") for p in dreambench_pairs(cfg.photos_root)]
         return [dict(r, key=photo_key(r, cfg.output_fields())) for r in rows]
+    if cfg.source == "prompts":
+        raise ValueError("a prompts file is read by Ray Data: source(cfg).take_all() lists its rows")
     rows = make_prompts(cfg.catalog, cfg.n_single, cfg.n_multi, cfg.seed)  # subjects, scenes, lighting
     return [dict(r, input=r.get("prompt"), key=prompt_key(r, cfg.output_fields())) for r in rows]
 

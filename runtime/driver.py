@@ -121,6 +121,7 @@ def write(ds, out: str, plan, cfg: PipelineConfig, run_id: str | None = None, su
 
     import ray
 
+    from schemas.shard_registry import UNREADABLE
     from schemas.writer import ErrorBudgetExceeded
 
     schema = plan.schema
@@ -133,6 +134,8 @@ def write(ds, out: str, plan, cfg: PipelineConfig, run_id: str | None = None, su
     except Exception as e:
         violation = ray.get(sink.registry.failed.remote())
         if violation:  # the write task that found it raised; say what and where, not Ray's traceback
+            if UNREADABLE in violation:  # name the sources the config gave
+                violation += "; inputs: " + ", ".join(f"{k} = {v}" for k, v in cfg.input_paths().items())
             raise ErrorBudgetExceeded(f"{schema.name}: {violation}") from e
         raise
     info = sink.summary or sink.write_info([])

@@ -8,6 +8,9 @@ from collections import Counter
 import ray
 
 
+UNREADABLE = "no input could be read"  # how a violation of unreadable inputs begins, after its stage
+
+
 @ray.remote(num_cpus=0, max_restarts=0)
 class ShardRegistry:
     """One per write, on the driver's node: the run's bookkeeping that write tasks share.
@@ -79,7 +82,7 @@ class ShardRegistry:
         for stage, n in rows.items():
             reasons = {reason: c for (s, reason), c in bad.items() if s == stage}
             if n >= min_rows and sum(reasons.values()) == n and self.violation is None:
-                self.violation = (f"stage {stage}: no input could be read ({n} of {n}: "
+                self.violation = (f"stage {stage}: {UNREADABLE} ({n} of {n}: "
                                   f"{', '.join(f'{r} {c}' for r, c in sorted(reasons.items()))}), e.g. {example[stage]}; "
                                   f"check the source's path and the filesystem's credentials")
         return self.violation

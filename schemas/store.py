@@ -174,7 +174,6 @@ class DatasetDir:
         """committed_keys as one sorted numpy array of fixed-width bytes (32 MB for 1M keys), for
         resume at scale: put in the object store once, searched per block (runtime/steps.py)
         instead of a hash set of every key rebuilt per batch."""
-        import numpy as np
 
         parts = []
         manifests = self.read_manifests(columns=["key"])
@@ -254,13 +253,21 @@ def _fsync(path: str) -> None:
 
 
 def sorted_keys(keys: pa.Array):
-    """Unique keys, sorted, as numpy fixed-width bytes (np.searchsorted finds one in log n)."""
+    """Unique keys, sorted, as numpy fixed-width bytes (np.searchsorted finds one in log n). Sorted
+    by Arrow and viewed in place where every key has one length (sample keys do): 1M keys never
+    become 1M Python strings on the driver."""
     import numpy as np
 
+    keys = pc.unique(keys.cast(pa.string()))
     if len(keys) == 0:
         return np.zeros(0, "S1")
-    width = max(1, pc.max(pc.binary_length(keys)).as_py())
-    return np.unique(np.asarray(keys.to_numpy(zero_copy_only=False), dtype=f"S{width}"))
+    keys = keys.take(pc.sort_indices(keys))
+    lengths = pc.binary_length(keys)
+    width = max(1, pc.max(lengths).as_py())
+    if pc.min(lengths).as_py() == width and keys.null_count == 0:
+        offsets = np.frombuffer(keys.buffers()[1], np.int32, count=len(keys) + 1, offset=4 * keys.offset)
+        return np.frombuffer(keys.buffers()[2], f"S{width}", count=len(keys), offset=int(offsets[0]))
+    return np.asarray(keys.to_numpy(zero_copy_only=False), dtype=f"S{width}")
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> dict | None:

@@ -14,14 +14,14 @@ import math
 import os
 import re
 import stat
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from runtime.inputs import IMAGE_EXTS, is_uri, join, list_subjects, open_bytes, read_text
+from runtime.inputs import is_uri, join, list_subjects, open_bytes, read_text
 from runtime.rows import Reject
 from schemas.contract import as_rgb
+
 LIVE_CLASSES = frozenset({"cat", "dog"})  # DreamBench's live subjects: cat, cat2, dog, dog2-dog8
 # FLUX works on 16 px units (VAE /8, then 2x2 token packing) and M_d uses 16 px patches
 SIDE_MULTIPLE = 16

@@ -134,6 +134,45 @@ def tiny_runs(cluster, tmp_path_factory) -> dict:
                    if done[name][0] == "SUCCEEDED" else None) for name in configs}
 
 
+@pytest.fixture(scope="session")
+def multiid_from_s3(cluster, tiny_runs, tmp_path_factory) -> tuple:
+    """MultiID's tiny profile with its photos only in the bucket, as a crawl leaves them: the singles
+    as a Parquet list of s3:// URIs with an identity column, the group photos as img2dataset shards
+    (`<key>.jpg` + `<key>.json`). The local copies they were uploaded from are deleted before the job
+    is submitted. (job state, logs, config, local copy of OUT), as tiny_runs gives each run."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from runtime.inputs import IMAGE_EXTS
+    from tests.cluster import BUCKET, download, profile, run_each
+    from workers.simulated import crawl_shards
+
+    faces = assets_or_skip() / "images" / "faces"
+    tmp = tmp_path_factory.mktemp("multiid_s3")
+    copies = tmp / "crawl"
+    shutil.copytree(faces, copies)
+    admin = cluster.s3.filesystem("admin")
+    singles = sorted(p for p in copies.glob("singles/*/*") if p.suffix.lower() in IMAGE_EXTS)
+    for p in singles:
+        with admin.open_output_stream(f"{BUCKET}/crawl/singles/{p.parent.name}/{p.name}") as f:
+            f.write(p.read_bytes())
+    listed = pa.table({"path": [f"s3://{BUCKET}/crawl/singles/{p.parent.name}/{p.name}" for p in singles],
+                       "identity": [p.parent.name for p in singles]})
+    with admin.open_output_stream(f"{BUCKET}/crawl/singles.parquet") as f:
+        pq.write_table(listed, f)
+    groups = sorted(p for p in copies.glob("groups/*") if p.suffix.lower() in IMAGE_EXTS)
+    crawl_shards([{"key": p.stem, "jpg": p.read_bytes(), "json": {"url": f"https://example.com/{p.name}"}} for p in groups],
+                 f"{BUCKET}/crawl/groups", per_shard=2, filesystem=admin)
+    shutil.rmtree(copies)  # what the job reads is in the bucket only
+    config = profile("multiid", tmp, singles=f"s3://{BUCKET}/crawl/singles.parquet",
+                     groups=f"s3://{BUCKET}/crawl/groups/{{00000..00001}}.tar")
+    state, logs = run_each(cluster, {"multiid": ["python", "pipelines/multiid.py", "--config", str(config),
+                                                 "--out", f"s3://{BUCKET}/multiid_s3"]})["multiid"]
+    return state, logs, config, download(cluster, f"{BUCKET}/multiid_s3", tmp / "out") if state == "SUCCEEDED" else None
+
+
 def tiny_output(name: str, runs: dict) -> tuple[dict, str, dict]:
     """(dataset.json info of the last dataset the pipeline wrote, OUT, the config as run)."""
     import json

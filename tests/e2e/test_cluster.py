@@ -93,7 +93,41 @@ def test_every_pipeline_on_two_nodes_to_s3(cluster, tiny_runs, ray_local):
         assert sum(p.stat().st_size for p in uploaded) < 20e6
 
 
-def test_gpu_node_lost_mid_run(cluster, tmp_path):
+def test_multiid_reads_its_photos_where_they_are_in_s3(multiid_from_s3, tiny_runs):
+    """MultiID with its singles as a Parquet list of s3:// URIs and its group photos as img2dataset
+    shards in the bucket (conftest's multiid_from_s3; no local copy left): the same identities,
+    references, assignments and paired / unpaired split as the tiny run of the same photos from a
+    local folder. Keys differ by design (a key hashes what identifies its input: a path, or a shard
+    URI and member key), so the manifests are compared by the photo each key stands for."""
+    state, logs, _, s3_out = multiid_from_s3
+    assert state == "SUCCEEDED", logs[-3000:]
+    local_out = tiny_runs["multiid"][3]
+
+    def photo(source: str) -> str:  # ".../singles/biden/biden.jpg" -> "biden/biden"; "...tar#t1" -> "t1"
+        if "#" in source:
+            return source.rsplit("#", 1)[-1]
+        return "/".join(source.split("/")[-2:]).rsplit(".", 1)[0].removeprefix("groups/")
+
+    def outcomes(out, dataset: str, columns: list[str]) -> dict:
+        m = pd.read_parquet(out / dataset / "manifest")
+        got = {photo(s): tuple(str(getattr(x, "tolist", lambda: x)()) for x in v)  # arrays as lists
+               for s, *v in m[["source", *columns]].itertuples(index=False)}
+        r = pd.read_parquet(out / dataset / "rejects") if list((out / dataset).glob("rejects/*.parquet")) else None
+        return got | ({photo(i): (why,) for i, why in r[["input", "reason"]].itertuples(index=False)} if r is not None else {})
+
+    s3_refs, local_refs = (outcomes(o, "multiid_refs", ["identity_id"]) for o in (s3_out, local_out))
+    assert s3_refs == local_refs and len(local_refs) == 45
+    columns = ["paired", "identity", "n_faces", "split"]
+    s3_groups, local_groups = (outcomes(o, "multiid", columns) for o in (s3_out, local_out))
+    assert s3_groups == local_groups and len(local_groups) == 4
+    assert {v[0] for v in local_groups.values() if len(v) > 1} == {"True", "False"}  # both sides of the split
+    s3_info, local_info = (json.loads((o / "multiid" / "dataset.json").read_text()) for o in (s3_out, local_out))
+    assert s3_info["bench_split"]["held_out"] == local_info["bench_split"]["held_out"]
+    sources = pd.read_parquet(s3_out / "multiid" / "manifest")["source"]
+    assert sources.str.fullmatch(rf"s3://{BUCKET}/crawl/groups/0000[01]\.tar#\w+").all(), sources.tolist()
+
+
+def test_gpu_node_lost_mid_run(cluster, tmp_path, ray_local):
     """The GPU node dies (SIGKILL to all its processes) while DIP's model actors run on it, once they
     have finished their first batches, and comes back 3 s later as a new node. Ray restarts the actors
     there and retries their batches; if the job fails anyway, the same command again completes it. Either
@@ -111,7 +145,7 @@ def test_gpu_node_lost_mid_run(cluster, tmp_path):
     config = tmp_path / "dip.yaml"
     config.write_text(yaml.safe_dump(cfg))
     command = ["python", "tests/e2e/dip_scripted.py", "--config", str(config), "--out", f"s3://{BUCKET}/lost"]
-    keys = {r["key"] for r in dip.source_rows(load_config(DIPConfig, config))}
+    keys = {r["key"] for r in dip.source(load_config(DIPConfig, config)).take_all()}
     job = submit(cluster, *command)
     manifests = f"{BUCKET}/lost/dip/manifest"
     deadline = time.time() + JOB_LIMIT_S

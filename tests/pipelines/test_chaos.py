@@ -112,7 +112,7 @@ def test_chaos_synthetic_and_dip(seed, tmp_path, session_env):
     (tmp_path / "dip.yaml").write_text(yaml.safe_dump(config))
     args = ["--config", str(tmp_path / "dip.yaml"), "--out", str(tmp_path / "dip")]
     killed += run_under_chaos([sys.executable, DIP_SCRIPTED, *args], seed, session_env)
-    keys = {r["key"] for r in dip.source_rows(load_config(DIPConfig, tmp_path / "dip.yaml"))}
+    keys = {r["key"] for r in dip.source(load_config(DIPConfig, tmp_path / "dip.yaml")).take_all()}
     assert len(keys) == len(rows)
     assert_complete(str(tmp_path / "dip/dip"), keys)
     print(f"seed {seed}: {len(killed)} workers killed")

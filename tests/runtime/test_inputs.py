@@ -136,14 +136,15 @@ def test_multiid_groups_from_every_source_kind(ray_local, crawl, kind):
                        f"{root}/groups.parquet#broken": "corrupt_image", f"{root}/groups.parquet#empty": "missing_file"}
 
 
-def test_folder_keys_are_the_keys_of_earlier_runs(ray_local):
+def test_folder_keys_are_the_keys_of_earlier_runs(ray_local, monkeypatch):
     """Existing local datasets resume without rewriting: a folder's key is sample_key of the path as
     the config gives it (relative stays relative) and the identity, as before the input layer."""
     from pipelines import multiid
     from stages.keys import sample_key
 
-    cfg = load_config(MultiIDConfig, ROOT / "configs" / "multiid.tiny.yaml")
     assets_or_skip()
+    monkeypatch.chdir(ROOT)  # the tiny config's paths are relative to the checkout
+    cfg = load_config(MultiIDConfig, ROOT / "configs" / "multiid.tiny.yaml")
     rows = multiid.source(cfg, multiid.plans(cfg)[0]).take_all()
     singles = Path(cfg.singles)
     before = {sample_key({"path": str(p), "identity": d.name}, cfg.output_fields())
@@ -229,3 +230,4 @@ def test_a_run_that_reads_none_of_its_inputs_stops_with_one_line(ray_local, tmp_
     assert e.value.code == 1
     line = next(x for x in err.splitlines() if x.startswith("run stopped"))
     assert "stage load: no input could be read (5 of 5: missing_file 5)" in line and "s3-was-here/" in line
+    assert f"; inputs: singles = {tmp_path}/singles.parquet, groups = " in line  # the source named

@@ -17,7 +17,6 @@ from runtime.costs import Cost, load_costs
 from runtime.execute import local
 from runtime.registry import get_dataset
 from runtime.rows import batch_of, rows_of
-from stages.keys import sample_key
 from stages.masks import mask_gate
 from stages.prompts import (CAPTION_PREFIX, CAPTION_PROMPTS, attributes_prompt, judge_prompt, parse_attributes,
                             parse_caption, parse_judge, parse_planner, parse_rating, parse_region_caption,
