@@ -51,6 +51,26 @@ def test_run_prints_one_table_of_every_ratio(tmp_path):
     assert lines[start + 1 + len(rows)] == ""  # nothing else in the table
 
 
+@pytest.mark.slow
+def test_inputs_benchmark_streams_every_input_and_prints_its_ratios(tmp_path):
+    """benchmarks/inputs.py at its tiniest: every input of both sizes through MultiID's source and
+    load step to the model pool, the resume with committed keys, the three lines it promises."""
+    out = tmp_path / "inputs.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "inputs.py"), "--small", "100", "--large", "1000",
+           "--kinds", "shards", "--json", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    shards = report["kinds"]["shards"]
+    assert (shards["small"]["rows"], shards["large"]["rows"]) == (100, 1000)  # every input, once
+    assert report["resume"]["resumed"]["rows"] > 0 and report["resume"]["fresh"]["rows"] > 0
+    lines = [line for line in run.stdout.splitlines() if " ratio " in line]
+    assert [line.split(":")[0] for line in lines] == ["inputs driver peak RSS 1k / 100 (shards)",
+                                                      "inputs time to first model batch 1k / 100 (shards)",
+                                                      "resume 1k keys"]
+    assert f"ratio {shards['rss_ratio']:.2f}" in lines[0] and f"ratio {report['resume']['ratio']:.2f}" in lines[2]
+
+
 def test_run_rejects_unknown_names(capsys):
     from benchmarks import run
 
