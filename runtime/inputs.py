@@ -174,8 +174,9 @@ def read_images(source: str, with_identity: bool = False):
     if not source:
         raise SourceError("no source given")
     kind = kind_of(source)
-    read = read_shards if kind == "shards" else read_table if kind == "table" else read_folder
-    return spread(read(source, with_identity))
+    if kind == "shards":  # a task per shard already (a crawl has thousands); spread, the driver
+        return read_shards(source, with_identity)  # held 448 MB at 1M members against 396 MB
+    return spread((read_table if kind == "table" else read_folder)(source, with_identity))
 
 
 def spread(ds):
