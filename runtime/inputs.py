@@ -235,14 +235,11 @@ class _Lister:
             for i in range(0, len(rels), ROWS_PER_BLOCK):
                 chunk = rels[i:i + ROWS_PER_BLOCK]
                 paths = [join(self.source, r) for r in chunk]  # as the config gave it: what keys hash
-                cols = {"input": paths, "data": pa.nulls(len(paths), pa.binary()),
-                        # what a worker reads: absolute, whatever its working directory
-                        "path": paths if is_uri(self.source) else [posixpath.join(self.root, r) for r in chunk],
-                        "read_error": pa.nulls(len(paths), pa.string())}
-                if self.with_identity:
-                    cols["identity"] = [folder or posixpath.basename(posixpath.dirname(r)) or None
-                                        for r in chunk]
-                yield pa.table(cols)
+                yield photo_table(
+                    self.with_identity, input=paths,
+                    # what a worker reads: absolute, whatever its working directory
+                    path=paths if is_uri(self.source) else [posixpath.join(self.root, r) for r in chunk],
+                    identity=[folder or posixpath.basename(posixpath.dirname(r)) or None for r in chunk])
 
 
 def read_table(source: str, with_identity: bool = False, path_column: str = "path"):
@@ -335,13 +332,10 @@ class _ListRows:
     def __call__(self, batch: pa.Table) -> pa.Table:
         listed = batch[self.column].to_pylist()
         inputs = [resolve(p, self.base) if p else None for p in listed]
-        n = len(inputs)
-        cols = {"input": inputs, "path": [resolve(p, self.absolute) if p else None for p in listed],
-                "data": pa.nulls(n, pa.binary()),
-                "read_error": [None if p else "missing_file: the list's row has no path" for p in inputs]}
-        if self.with_identity:
-            cols["identity"] = [None if v is None else str(v) for v in batch["identity"].to_pylist()]
-        return pa.table(cols, schema=_schema(self.with_identity))
+        return photo_table(self.with_identity, input=inputs,
+                           path=[resolve(p, self.absolute) if p else None for p in listed],
+                           read_error=[None if p else "missing_file: the list's row has no path" for p in inputs],
+                           identity=_identities(batch, self.with_identity))
 
 
 class _BytesRows:
@@ -358,17 +352,29 @@ class _BytesRows:
         inputs = [f"{_uri(self.scheme, f)}#{k}" if k is not None else
                   f"sha256:{hashlib.sha256(d).hexdigest()}" if d is not None else f"{_uri(self.scheme, f)}#?"
                   for f, k, d in zip(files, keys, data)]
-        cols = {"input": inputs, "path": pa.nulls(len(data), pa.string()), "data": pa.array(data, pa.binary()),
-                "read_error": [None if d is not None else f"missing_file: no bytes in `{self.column}`" for d in data]}
-        if self.with_identity:
-            cols["identity"] = [None if v is None else str(v) for v in batch["identity"].to_pylist()]
-        return pa.table(cols, schema=_schema(self.with_identity))
+        return photo_table(self.with_identity, input=inputs, data=data,
+                           read_error=[None if d is not None else f"missing_file: no bytes in `{self.column}`"
+                                       for d in data],
+                           identity=_identities(batch, self.with_identity))
 
 
 def _image_bytes(value):
     if isinstance(value, dict):  # Hugging Face's image struct {"bytes", "path"}
         value = value.get("bytes")
     return bytes(value) if value is not None else None
+
+
+def _identities(batch: pa.Table, with_identity: bool) -> list | None:
+    return [None if v is None else str(v) for v in batch["identity"].to_pylist()] if with_identity else None
+
+
+def photo_table(with_identity: bool, input: list, path=None, data=None, read_error=None, identity=None) -> pa.Table:
+    """A block of photo rows in the source schema; a column not given is null."""
+    n = len(input)
+    columns = {"input": input, "path": path, "data": data, "read_error": read_error, "identity": identity}
+    schema = _schema(with_identity)
+    return pa.table({f.name: pa.nulls(n, f.type) if columns[f.name] is None else pa.array(columns[f.name], f.type)
+                     for f in schema}, schema=schema)
 
 
 def _schema(with_identity: bool) -> pa.Schema:

@@ -159,22 +159,9 @@ class DatasetDir:
         last = {k: i for i, k in enumerate(pending["key"].to_pylist())}  # one row per pending key
         return pa.concat_tables([final, pending.take(pa.array(sorted(last.values()), pa.int64()))])
 
-    def committed_keys(self) -> set[str]:
+    def decided_keys(self) -> pa.Array:
         """Keys already decided: written samples and final rejects. Resume skips these; a
         retryable reject is not a decision, so its key is tried again."""
-        keys: set[str] = set()
-        manifests = self.read_manifests(columns=["key"])
-        if manifests is not None:
-            keys.update(manifests.column("key").to_pylist())
-        rejects = self.read_rejects()
-        keys.update(rejects.filter(pc.invert(pc.fill_null(rejects["retryable"], False)))["key"].to_pylist())
-        return keys
-
-    def committed_key_array(self):
-        """committed_keys as one sorted numpy array of fixed-width bytes (32 MB for 1M keys), for
-        resume at scale: put in the object store once, searched per block (runtime/steps.py)
-        instead of a hash set of every key rebuilt per batch."""
-
         parts = []
         manifests = self.read_manifests(columns=["key"])
         if manifests is not None:
@@ -182,8 +169,17 @@ class DatasetDir:
         rejects = self.read_rejects()
         parts.append(rejects.filter(pc.invert(pc.fill_null(rejects["retryable"], False)))["key"]
                      .combine_chunks().cast(pa.string()))
-        keys = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
-        return sorted_keys(keys)
+        return pa.concat_arrays(parts)
+
+    def committed_keys(self) -> set[str]:
+        """decided_keys as a set (small datasets, tests)."""
+        return set(self.decided_keys().to_pylist())
+
+    def committed_key_array(self):
+        """decided_keys as one sorted numpy array of fixed-width bytes (32 MB for 1M keys), for
+        resume at scale: put in the object store once, searched per block (runtime/steps.py)
+        instead of a hash set of every key rebuilt per batch."""
+        return sorted_keys(self.decided_keys())
 
     def read_info(self) -> dict | None:
         return read_json(self.fs, self.sub("dataset.json"))
